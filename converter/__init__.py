@@ -1,0 +1,1 @@
+"""Hugging Face checkpoint -> GGUF converter (to be filled in)."""

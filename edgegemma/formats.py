@@ -1,0 +1,121 @@
+"""The file format, as data: quant types, tensor names and metadata keys.
+
+edgegemma files are plain GGUF v3 files of llama.cpp's `gemma-embedding` architecture, so the
+names and keys below come from the `gguf` package; only what llama.cpp has no key for lives
+under the one `edgegemma.` prefix. The converter writes with this table, the runtime reads with it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gguf
+from gguf import GGMLQuantizationType
+
+ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA_EMBEDDING]  # "gemma-embedding"
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """One storage type: how many values a block holds and how many bytes it takes."""
+
+    name: str  # the name users type: --type q4_0
+    ggml_type: GGMLQuantizationType
+    block_size: int  # values per block
+    type_size: int  # bytes per block
+
+    def row_bytes(self, n_values: int) -> int:
+        """Bytes one row of `n_values` takes; rows must hold whole blocks."""
+        if n_values % self.block_size:
+            raise ValueError(f"{self.name}: a row of {n_values} values is not a whole number of {self.block_size}-value blocks")
+        return n_values // self.block_size * self.type_size
+
+
+def _quant_type(name: str, ggml_type: GGMLQuantizationType) -> QuantType:
+    block_size, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
+    return QuantType(name, ggml_type, block_size, type_size)
+
+
+# Every type edgegemma reads and writes. Anything else is refused with a message naming it.
+QUANT_TYPES: dict[GGMLQuantizationType, QuantType] = {
+    qt.ggml_type: qt
+    for qt in (
+        _quant_type("f32", GGMLQuantizationType.F32),
+        _quant_type("f16", GGMLQuantizationType.F16),
+        _quant_type("bf16", GGMLQuantizationType.BF16),
+        _quant_type("q8_0", GGMLQuantizationType.Q8_0),
+        _quant_type("q4_0", GGMLQuantizationType.Q4_0),
+    )
+}
+QUANT_TYPES_BY_NAME: dict[str, QuantType] = {qt.name: qt for qt in QUANT_TYPES.values()}
+
+
+def quant_type(ggml_type: int) -> QuantType:
+    """The table entry for a GGML type id, or a ValueError that names it and lists what is supported."""
+    try:
+        return QUANT_TYPES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        try:
+            label = GGMLQuantizationType(ggml_type).name
+        except ValueError:
+            label = f"unknown type id {ggml_type}"
+        raise ValueError(
+            f"tensor type {label} is not supported (supported: {', '.join(QUANT_TYPES_BY_NAME)})"
+        ) from None
+
+
+# Tensor names: llama.cpp's, for this architecture.
+_N = gguf.TENSOR_NAMES
+_T = gguf.MODEL_TENSOR
+TOKEN_EMBD = _N[_T.TOKEN_EMBD]  # token_embd
+OUTPUT_NORM = _N[_T.OUTPUT_NORM]  # output_norm
+DENSE_2 = _N[_T.DENSE_2_OUT]  # dense_2: 768 -> 3072
+DENSE_3 = _N[_T.DENSE_3_OUT]  # dense_3: 3072 -> 768
+# Per block, with {bid} for the layer index.
+ATTN_NORM = _N[_T.ATTN_NORM]
+ATTN_Q = _N[_T.ATTN_Q]
+ATTN_K = _N[_T.ATTN_K]
+ATTN_V = _N[_T.ATTN_V]
+ATTN_Q_NORM = _N[_T.ATTN_Q_NORM]
+ATTN_K_NORM = _N[_T.ATTN_K_NORM]
+ATTN_OUT = _N[_T.ATTN_OUT]
+ATTN_POST_NORM = _N[_T.ATTN_POST_NORM]
+FFN_NORM = _N[_T.FFN_PRE_NORM]
+FFN_GATE = _N[_T.FFN_GATE]
+FFN_UP = _N[_T.FFN_UP]
+FFN_DOWN = _N[_T.FFN_DOWN]
+FFN_POST_NORM = _N[_T.FFN_POST_NORM]
+
+BLOCK_TENSORS = (
+    ATTN_NORM, ATTN_Q, ATTN_K, ATTN_V, ATTN_Q_NORM, ATTN_K_NORM, ATTN_OUT, ATTN_POST_NORM,
+    FFN_NORM, FFN_GATE, FFN_UP, FFN_DOWN, FFN_POST_NORM,
+)
+NORM_TENSORS = frozenset({OUTPUT_NORM, ATTN_NORM, ATTN_Q_NORM, ATTN_K_NORM, ATTN_POST_NORM, FFN_NORM, FFN_POST_NORM})
+
+
+def tensor_name(kind: str, layer: int | None = None) -> str:
+    """The GGUF name of a weight: tensor_name(ATTN_Q, 3) -> 'blk.3.attn_q.weight'."""
+    return (kind.format(bid=layer) if layer is not None else kind) + ".weight"
+
+
+def tensor_kind(name: str) -> tuple[str, int | None]:
+    """The inverse of tensor_name: 'blk.3.attn_q.weight' -> (ATTN_Q, 3)."""
+    base = name.removesuffix(".weight")
+    if base.startswith("blk."):
+        _, layer, rest = base.split(".", 2)
+        return "blk.{bid}." + rest, int(layer)
+    return base, None
+
+
+# Metadata keys. llama.cpp's where it has one (gguf.Keys, formatted with the architecture) ...
+def arch_key(template: str, **fields) -> str:
+    return template.format(arch=ARCH, **fields)
+
+
+# ... and ours, all under one prefix.
+KEY_PREFIX = "edgegemma."
+KEY_TOKENIZER_MODEL = KEY_PREFIX + "tokenizer.model"  # the original SentencePiece model, as bytes (uint8 array)
+KEY_PROMPT_NAMES = KEY_PREFIX + "prompt_names"  # string array, from config_sentence_transformers.json
+KEY_PROMPT_TEXTS = KEY_PREFIX + "prompt_texts"  # string array, same order as the names
+KEY_RECIPE = KEY_PREFIX + "recipe"  # f32, f16, bf16, q8_0, q4_0, mixed
+KEY_QUANTIZER = KEY_PREFIX + "quantizer"  # which rule chose the block scales
+KEY_CONVERTER_VERSION = KEY_PREFIX + "converter_version"

@@ -1,0 +1,1 @@
+"""Block-dequantized matrix kernels (to be filled in)."""
