@@ -113,7 +113,9 @@ def arch_key(template: str, **fields) -> str:
 
 # ... and ours, all under one prefix.
 KEY_PREFIX = "edgegemma."
-KEY_TOKENIZER_MODEL = KEY_PREFIX + "tokenizer.model"  # the original SentencePiece model, as bytes (uint8 array)
+# The original SentencePiece model, base64 in one string: gguf's reader walks arrays element by
+# element, and 4.7 MB as a uint8 array takes minutes to open; one string opens at once.
+KEY_TOKENIZER_MODEL = KEY_PREFIX + "tokenizer.model"
 KEY_PROMPT_NAMES = KEY_PREFIX + "prompt_names"  # string array, from config_sentence_transformers.json
 KEY_PROMPT_TEXTS = KEY_PREFIX + "prompt_texts"  # string array, same order as the names
 KEY_RECIPE = KEY_PREFIX + "recipe"  # f32, f16, bf16, q8_0, q4_0, mixed
