@@ -1,1 +1,41 @@
-"""Block-dequantized matrix kernels (to be filled in)."""
+"""Matrix kernels over ggml block formats (F32, F16, BF16, Q8_0, Q4_0). They know block formats, not models.
+
+    matmul(x, w, qtype)               x (n, k) float32 @ W.T -> (n, rows) float32
+    dequantize_rows(w, qtype, ids)    rows `ids` of W as float32 (len(ids), k): embedding lookup
+    dequantize(w, qtype)              all of W as float32 (rows, k): small tensors and tests
+
+`w` is the weight as the GGUF file stores it: a C-contiguous uint8 array (rows, row_bytes), usually a read-only
+memory map; `qtype` a GGML type id. Two backends give the same answers: "numpy" (the oracle; Pyodide) and
+"numba" (compiled). The backend is chosen once, here, at import: EDGEGEMMA_BACKEND=numpy|numba, by default
+numba when it imports and numpy otherwise.
+"""
+from __future__ import annotations
+
+import os
+
+from .blocks import BLOCK_FORMATS, block_format
+
+
+def _choose_backend():
+    wanted = os.environ.get("EDGEGEMMA_BACKEND", "").strip().lower()
+    if wanted not in ("", "numba", "numpy"):
+        raise ValueError(f"EDGEGEMMA_BACKEND={wanted!r} is not a backend (choose numba or numpy)")
+    if wanted != "numpy":
+        try:
+            from . import numba_backend
+
+            return "numba", numba_backend
+        except ImportError as err:
+            if wanted == "numba":
+                raise ImportError(f"EDGEGEMMA_BACKEND=numba but Numba cannot be imported ({err}); pip install numba") from err
+    from . import numpy_backend
+
+    return "numpy", numpy_backend
+
+
+BACKEND, _backend = _choose_backend()
+matmul = _backend.matmul
+dequantize_rows = _backend.dequantize_rows
+dequantize = _backend.dequantize
+
+__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "dequantize_rows", "dequantize"]

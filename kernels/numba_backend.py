@@ -1,0 +1,272 @@
+"""The Numba kernels: the same three functions as numpy_backend, compiled.
+
+Per type there is only `decode_row(src, dst)`: one stored row (uint8) -> float32, bit-exact with
+gguf.quants. Everything else is generic and built from it by `_build_float_kernels`.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import numba
+from numba import prange, types
+from numba.extending import intrinsic
+from llvmlite import ir
+
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, row_indices, weight_bytes
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compilation: explicit signatures, compiled once at import; cached on disk where a cache folder is writable.
+
+_cache_ok = True
+
+
+def _jit(signature, **options):
+    """numba.njit with `cache=True`, quietly without the disk cache when no cache folder is writable."""
+
+    def wrap(func):
+        global _cache_ok
+        if _cache_ok:
+            try:
+                return numba.njit(signature, cache=True, **options)(func)
+            except RuntimeError:  # "cannot cache function ...: no locator available": read-only install, no home
+                _cache_ok = False
+        return numba.njit(signature, **options)(func)
+
+    return wrap
+
+
+u8_row = types.Array(types.uint8, 1, "C", readonly=True)  # one stored weight row
+u8_rows = types.Array(types.uint8, 2, "C", readonly=True)  # a stored weight: memory-mapped, read-only
+f32_row = types.float32[::1]
+f32_rows = types.float32[:, ::1]
+f32_rows_ro = types.Array(types.float32, 2, "C", readonly=True)
+i64_vec = types.Array(types.int64, 1, "C", readonly=True)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bits -> float32. Numba has no float16 arithmetic, so halves are decoded with integer ops and one bitcast.
+
+if numba.config.DISABLE_JIT:
+
+    def _f32_from_bits(u):
+        return np.uint32(u & 0xFFFFFFFF).view(np.float32)
+
+else:
+
+    @intrinsic
+    def _f32_from_bits(typingctx, u):
+        """The float32 whose bit pattern is the low 32 bits of the integer u (an LLVM bitcast: free)."""
+        if not isinstance(u, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            bits = args[0]
+            if u.bitwidth > 32:  # Numba widens uint32 arithmetic to 64 bits
+                bits = builder.trunc(bits, ir.IntType(32))
+            return builder.bitcast(bits, ir.FloatType())
+
+        return types.float32(u), codegen
+
+
+@_jit(types.float32(types.uint8, types.uint8))
+def _f16(lo, hi):
+    """IEEE half (little-endian bytes lo, hi) -> float32, exactly, including subnormals, inf and nan."""
+    h = np.uint32(lo) | (np.uint32(hi) << np.uint32(8))
+    magnitude = h & np.uint32(0x7FFF)
+    if magnitude < np.uint32(0x0400):  # zero or subnormal: m * 2^-24
+        v = np.float32(magnitude) * np.float32(5.9604644775390625e-08)
+    elif magnitude < np.uint32(0x7C00):  # normal: rebias the exponent by 127 - 15 = 112
+        v = _f32_from_bits((magnitude << np.uint32(13)) + np.uint32(112 << 23))
+    else:  # inf / nan, payload kept
+        v = _f32_from_bits((magnitude << np.uint32(13)) | np.uint32(0x7F800000))
+    return -v if h & np.uint32(0x8000) else v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The per-type part: decode one stored row into float32.
+
+_decoder_sig = types.void(u8_row, f32_row)
+
+
+@_jit(_decoder_sig)
+def _decode_f32(src, dst):
+    """4 bytes per value, little-endian float32."""
+    for i in range(dst.size):
+        dst[i] = _f32_from_bits(
+            np.uint32(src[4 * i])
+            | (np.uint32(src[4 * i + 1]) << np.uint32(8))
+            | (np.uint32(src[4 * i + 2]) << np.uint32(16))
+            | (np.uint32(src[4 * i + 3]) << np.uint32(24))
+        )
+
+
+@_jit(_decoder_sig)
+def _decode_f16(src, dst):
+    """2 bytes per value, IEEE half."""
+    for i in range(dst.size):
+        dst[i] = _f16(src[2 * i], src[2 * i + 1])
+
+
+@_jit(_decoder_sig)
+def _decode_bf16(src, dst):
+    """2 bytes per value: the upper half of a float32."""
+    for i in range(dst.size):
+        dst[i] = _f32_from_bits((np.uint32(src[2 * i]) << np.uint32(16)) | (np.uint32(src[2 * i + 1]) << np.uint32(24)))
+
+
+@_jit(_decoder_sig)
+def _decode_q8_0(src, dst):
+    """34-byte blocks: f16 d, 32 int8 q; x[i] = d * q[i]."""
+    for b in range(dst.size // 32):
+        o = 34 * b
+        d = _f16(src[o], src[o + 1])
+        for i in range(32):
+            dst[32 * b + i] = d * np.float32(np.int8(src[o + 2 + i]))
+
+
+@_jit(_decoder_sig)
+def _decode_q4_0(src, dst):
+    """18-byte blocks: f16 d, 16 bytes; byte j = q[j] | q[j+16] << 4; x[i] = (q[i] - 8) * d."""
+    for b in range(dst.size // 32):
+        o = 18 * b
+        d = _f16(src[o], src[o + 1])
+        for j in range(16):
+            byte = np.int32(src[o + 2 + j])
+            dst[32 * b + j] = d * np.float32((byte & 15) - 8)
+            dst[32 * b + j + 16] = d * np.float32((byte >> 4) - 8)
+
+
+@_jit(types.void(types.int64, u8_row, f32_row))
+def _decode_row(qtype, src, dst):
+    """The one place a type id picks its decoder. Kernels call it with qtype a compile-time constant, so after
+    inlining the branch folds away and each kernel holds only its own type's decoder."""
+    if qtype == Q8_0:
+        _decode_q8_0(src, dst)
+    elif qtype == Q4_0:
+        _decode_q4_0(src, dst)
+    elif qtype == BF16:
+        _decode_bf16(src, dst)
+    elif qtype == F16:
+        _decode_f16(src, dst)
+    else:
+        _decode_f32(src, dst)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The generic part, built once per type. The factory closes over the type id (an int) rather than over a decoder
+# function: Numba pickles closure variables into the cache key, and a dispatcher pickles with a per-process uuid,
+# which made every import a cache miss (13 s of compiling); an int pickles the same in every process.
+
+ROWS_PER_TASK = 16  # rows of W one thread decodes in a row before taking the next chunk (direct kernel)
+
+
+def _build_float_kernels(qtype):
+    @_jit(types.void(u8_rows, i64_vec, f32_rows), parallel=True)
+    def decode_rows(w, ids, out):
+        """out[i] = row ids[i] of W, dequantized."""
+        for i in prange(ids.size):
+            _decode_row(qtype, w[ids[i]], out[i])
+
+    @_jit(types.void(u8_rows, types.int64, f32_rows))
+    def decode_tile(w, r0, out):
+        """out[i] = row r0 + i of W, dequantized (serial: BLAS owns the threads right after)."""
+        for i in range(out.shape[0]):
+            _decode_row(qtype, w[r0 + i], out[i])
+
+    @_jit(types.void(f32_rows_ro, u8_rows, f32_rows), parallel=True, fastmath={"reassoc", "contract"})
+    def matmul_direct(x, w, y):
+        """y[t, r] = sum_i x[t, i] * W[r, i]: each thread decodes a row of W once into a k-float buffer in L1 and
+        takes its dot product with every token, four tokens at a time so each W value loaded feeds four FMAs."""
+        n, k = x.shape
+        rows = w.shape[0]
+        for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
+            row = np.empty(k, np.float32)
+            for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
+                _decode_row(qtype, w[r], row)
+                t = 0
+                while t + 4 <= n:
+                    a0 = a1 = a2 = a3 = np.float32(0.0)
+                    for i in range(k):
+                        wi = row[i]
+                        a0 += x[t, i] * wi
+                        a1 += x[t + 1, i] * wi
+                        a2 += x[t + 2, i] * wi
+                        a3 += x[t + 3, i] * wi
+                    y[t, r] = a0
+                    y[t + 1, r] = a1
+                    y[t + 2, r] = a2
+                    y[t + 3, r] = a3
+                    t += 4
+                while t < n:
+                    a0 = np.float32(0.0)
+                    for i in range(k):
+                        a0 += x[t, i] * row[i]
+                    y[t, r] = a0
+                    t += 1
+
+    return decode_rows, decode_tile, matmul_direct
+
+
+@functools.cache
+def _kernels(qtype: int):
+    """A type's kernels, compiled (or loaded from the cache) the first time the type is used: a process that
+    only meets Q4_0 and F32 weights never pays for the others."""
+    return _build_float_kernels(qtype)
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public functions: same signatures as numpy_backend.
+
+TILE_VALUES = 1 << 20  # a dequantized tile of W holds at most this many float32 values (4 MiB)
+DIRECT_MAX_N = 16  # up to this many tokens the direct kernel beats tile + BLAS (see bench/kernels.py)
+
+
+def dequantize(w, qtype) -> np.ndarray:
+    """The whole weight as float32 (rows, k). For small tensors (norm vectors) and tests."""
+    w, rows, k = weight_bytes(w, qtype)
+    out = np.empty((rows, k), np.float32)
+    _kernels(int(qtype))[1](w, 0, out)
+    return out
+
+
+def dequantize_rows(w, qtype, row_ids) -> np.ndarray:
+    """Only the rows `row_ids` of the weight, as float32 (len(row_ids), k): the embedding lookup."""
+    w, rows, k = weight_bytes(w, qtype)
+    ids = row_indices(row_ids, rows)
+    out = np.empty((ids.size, k), np.float32)
+    _kernels(int(qtype))[0](w, ids, out)
+    return out
+
+
+def matmul_tiled(x, w, qtype) -> np.ndarray:
+    """Design "tile": dequantize a tile of W rows into a reusable float32 scratch, BLAS multiplies x by it."""
+    w, rows, k = weight_bytes(w, qtype)
+    x = activations(x, k, block_format(qtype)[0])
+    if int(qtype) == F32:
+        return x @ w.view(np.float32).T
+    decode_tile = _kernels(int(qtype))[1]
+    y = np.empty((x.shape[0], rows), np.float32)
+    tile_rows = max(1, min(rows, TILE_VALUES // k))
+    scratch = np.empty((tile_rows, k), np.float32)
+    for r0 in range(0, rows, tile_rows):
+        r1 = min(rows, r0 + tile_rows)
+        tile = scratch[: r1 - r0]
+        decode_tile(w, r0, tile)
+        np.matmul(x, tile.T, out=y[:, r0:r1])
+    return y
+
+
+def matmul_direct(x, w, qtype) -> np.ndarray:
+    """Design "direct": one parallel kernel, row by row of W, no BLAS."""
+    w, rows, k = weight_bytes(w, qtype)
+    x = activations(x, k, block_format(qtype)[0])
+    y = np.empty((x.shape[0], rows), np.float32)
+    _kernels(int(qtype))[2](x, w, y)
+    return y
+
+
+def matmul(x, w, qtype) -> np.ndarray:
+    """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows)."""
+    n = np.shape(x)[0] if np.ndim(x) == 2 else 0
+    if n <= DIRECT_MAX_N:
+        return matmul_direct(x, w, qtype)
+    return matmul_tiled(x, w, qtype)

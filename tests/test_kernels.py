@@ -1,0 +1,285 @@
+"""kernels/: bit-exact against gguf.quants, matmul against float64, Numba against numpy, backend selection.
+
+The whole file also runs with NUMBA_DISABLE_JIT=1 (test_suite_passes_without_jit), at smaller sizes since the
+Numba kernels then run as plain Python.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+import kernels
+from kernels import blocks, numpy_backend
+
+try:
+    from kernels import numba_backend
+except ImportError:  # Numba not installed: the numpy backend is still tested
+    numba_backend = None
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_JIT = os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0")
+TYPES = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0]
+BACKENDS = [pytest.param(numpy_backend, id="numpy"), pytest.param(numba_backend, id="numba", marks=pytest.mark.skipif(numba_backend is None, reason="numba not installed"))]
+# (rows, k): the model's widths; rows deliberately not multiples of any tile or thread chunk.
+SHAPES = [(37, 64), (29, 128)] if NO_JIT else [(301, 768), (97, 1152), (70, 3072)]
+NS = [1, 5, 16, 17] if NO_JIT else [1, 3, 16, 17, 100]
+
+
+def stored(values: np.ndarray, qtype) -> np.ndarray:
+    """values quantized by gguf.quants as a GGUF file stores them: read-only uint8 (rows, row_bytes)."""
+    raw = np.ascontiguousarray(gguf.quants.quantize(values, qtype)).view(np.uint8).reshape(values.shape[0], -1)
+    raw.flags.writeable = False
+    return raw
+
+
+def reference(raw: np.ndarray, qtype) -> np.ndarray:
+    """gguf.quants' dequantization: the independent implementation."""
+    return gguf.quants.dequantize(raw, qtype).astype(np.float32, copy=False).reshape(raw.shape[0], -1)
+
+
+def weights(rows: int, k: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((rows, k)).astype(np.float32)
+
+
+def assert_matmul_close(y, x, w_float, tol):
+    """|y - x @ W.T| <= tol * (|x| @ |W|.T), elementwise, against a float64 product: the standard bound for a
+    float32 dot product with relative error tol per term, whatever the summation order."""
+    x64, w64 = x.astype(np.float64), w_float.astype(np.float64)
+    ref = x64 @ w64.T
+    scale = np.abs(x64) @ np.abs(w64).T
+    assert y.dtype == np.float32 and y.shape == ref.shape
+    err = np.abs(y - ref) / (scale + 1e-300)
+    assert err.max() <= tol, f"worst error {err.max():.3g} of the |x|·|W| scale exceeds {tol:g}"
+
+
+# --- bit-exact decoding -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,k", SHAPES)
+def test_dequantize_is_bit_exact(backend, qtype, rows, k):
+    raw = stored(weights(rows, k), qtype)
+    got = backend.dequantize(raw, qtype)
+    assert got.dtype == np.float32 and got.shape == (rows, k)
+    np.testing.assert_array_equal(got.view(np.uint32), reference(raw, qtype).view(np.uint32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16, T.Q8_0, T.Q4_0], ids=lambda t: t.name)
+def test_dequantize_edge_values(backend, qtype):
+    """Zeros, signed zeros, subnormal halves, the largest half, infinities: the bit tricks must hold everywhere."""
+    special = np.array([0.0, -0.0, 6e-8, -6e-8, 3e-5, -1e-6, 65504.0, -65504.0, 1.0, -2.5, 1e-3, 7.0], np.float32)
+    values = np.tile(special, 64 // special.size + 1)[:64].reshape(1, 64) * np.array([[1.0], [1e-4]], np.float32)
+    if qtype in (T.F16, T.BF16):
+        values = np.concatenate([values, np.array([[np.inf, -np.inf] + [1.0] * 62], np.float32)])
+    raw = stored(values, qtype)
+    np.testing.assert_array_equal(backend.dequantize(raw, qtype).view(np.uint32), reference(raw, qtype).view(np.uint32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_dequantize_rows_picks_the_rows(backend, qtype):
+    rows, k = SHAPES[0]
+    raw = stored(weights(rows, k, seed=1), qtype)
+    full = reference(raw, qtype)
+    for ids in ([rows - 1, 0, 5, 5, 2], np.array([3], np.int32), [], np.arange(rows)[::-3]):
+        got = backend.dequantize_rows(raw, qtype, ids)
+        assert got.shape == (len(ids), k) and got.dtype == np.float32
+        np.testing.assert_array_equal(got.view(np.uint32), full[np.asarray(ids, np.int64)].view(np.uint32))
+    with pytest.raises(IndexError, match=str(rows)):
+        backend.dequantize_rows(raw, qtype, [0, rows])
+
+
+# --- matmul ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[False, True], ids=["one-tile", "small-tiles"])
+def tiles(request, monkeypatch):
+    """Run matmul with the normal tile budget and with one so small that tiles end mid-way through the rows."""
+    if request.param:
+        for backend in (numpy_backend, numba_backend):
+            if backend is not None:
+                monkeypatch.setattr(backend, "TILE_VALUES", 7 * SHAPES[0][1])
+    return request.param
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,k", SHAPES)
+def test_matmul_matches_float64(backend, qtype, rows, k, tiles):
+    raw = stored(weights(rows, k, seed=2), qtype)
+    w_float = reference(raw, qtype)
+    rng = np.random.default_rng(3)
+    for n in NS:
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        assert_matmul_close(backend.matmul(x, raw, qtype), x, w_float, tol=2e-6)
+
+
+@pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+@pytest.mark.parametrize("design", ["matmul_direct", "matmul_tiled"])
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_every_numba_design_matches_float64(design, qtype):
+    """matmul picks a design by n; each must be right at every n, not only where it is picked."""
+    rows, k = SHAPES[1]
+    raw = stored(weights(rows, k, seed=4), qtype)
+    w_float = reference(raw, qtype)
+    rng = np.random.default_rng(5)
+    for n in NS:
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        assert_matmul_close(getattr(numba_backend, design)(x, raw, qtype), x, w_float, tol=2e-6)
+
+
+@pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_numba_equals_numpy(qtype):
+    rows, k = SHAPES[0]
+    raw = stored(weights(rows, k, seed=6), qtype)
+    np.testing.assert_array_equal(numba_backend.dequantize(raw, qtype), numpy_backend.dequantize(raw, qtype))
+    ids = [4, 1, rows - 1]
+    np.testing.assert_array_equal(numba_backend.dequantize_rows(raw, qtype, ids), numpy_backend.dequantize_rows(raw, qtype, ids))
+    x = np.random.default_rng(7).standard_normal((NS[-1], k)).astype(np.float32)
+    a, b = numba_backend.matmul(x, raw, qtype), numpy_backend.matmul(x, raw, qtype)
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matmul_takes_float_views_and_memmaps(backend, tmp_path):
+    """A float32/float16 tensor as GGUFReader hands it out, and a read-only np.memmap, are read in place."""
+    w = weights(40, 64, seed=8)
+    x = np.random.default_rng(9).standard_normal((3, 64)).astype(np.float32)
+    assert_matmul_close(backend.matmul(x, w, T.F32), x, w, tol=2e-6)
+    assert_matmul_close(backend.matmul(x, w.astype(np.float16), T.F16), x, w.astype(np.float16).astype(np.float32), tol=2e-6)
+    path = tmp_path / "w.bin"
+    stored(w, T.Q8_0).tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r", shape=(40, 68))
+    assert_matmul_close(backend.matmul(x, mm, T.Q8_0), x, reference(np.asarray(mm), T.Q8_0), tol=2e-6)
+
+
+# --- errors ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unsupported_type_is_named(backend):
+    raw = stored(weights(4, 256), T.Q8_0)
+    x = np.zeros((1, 256), np.float32)
+    for bad, label in [(T.Q4_K, "Q4_K"), (int(T.Q4_1), "Q4_1"), (999, "999")]:
+        for call in (lambda: backend.matmul(x, raw, bad), lambda: backend.dequantize(raw, bad), lambda: backend.dequantize_rows(raw, bad, [0])):
+            with pytest.raises(ValueError, match=label) as err:
+                call()
+            assert "F32, F16, BF16, Q8_0, Q4_0" in str(err.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shape_mismatch_names_both_sizes(backend):
+    raw = stored(weights(4, 768), T.Q4_0)
+    with pytest.raises(ValueError, match=r"k=1152.*k=768"):
+        backend.matmul(np.zeros((2, 1152), np.float32), raw, T.Q4_0)
+    with pytest.raises(ValueError, match="34-byte blocks"):
+        backend.matmul(np.zeros((2, 768), np.float32), raw, T.Q8_0)  # Q4_0 rows (432 bytes) read as Q8_0
+    with pytest.raises(ValueError, match="2-D"):
+        backend.matmul(np.zeros(768, np.float32), raw, T.Q4_0)
+
+
+# --- backend selection, in fresh interpreters ---------------------------------------------------------------------
+
+
+def run_python(code: str, env: dict | None = None, path_first: str | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("EDGEGEMMA_BACKEND",)}
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (path_first, str(ROOT), full_env.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=600)
+
+
+SMOKE = """
+    import numpy as np, gguf, kernels
+    w = gguf.quants.quantize(np.ones((3, 64), np.float32), gguf.GGMLQuantizationType.Q4_0)
+    y = kernels.matmul(np.ones((2, 64), np.float32), w, 2)
+    assert np.allclose(y, 64.0), y
+    print(kernels.BACKEND)
+"""
+
+
+@pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+@pytest.mark.parametrize("env,expected", [({}, "numba"), ({"EDGEGEMMA_BACKEND": "numba"}, "numba"), ({"EDGEGEMMA_BACKEND": "numpy"}, "numpy")])
+def test_backend_is_selectable(env, expected):
+    done = run_python(SMOKE, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [expected]
+
+
+def test_numpy_backend_without_numba(tmp_path):
+    """With `import numba` failing, kernels falls back to numpy quietly, unless numba was asked for by name."""
+    (tmp_path / "numba").mkdir()
+    (tmp_path / "numba" / "__init__.py").write_text("raise ImportError('numba is switched off for this test')\n")
+    done = run_python(SMOKE, path_first=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["numpy"]
+    done = run_python(SMOKE, {"EDGEGEMMA_BACKEND": "numba"}, path_first=str(tmp_path))
+    assert done.returncode != 0 and "ImportError: EDGEGEMMA_BACKEND=numba but Numba cannot be imported" in done.stderr
+
+
+def test_unknown_backend_is_refused():
+    done = run_python(SMOKE, {"EDGEGEMMA_BACKEND": "cuda"})
+    assert done.returncode != 0 and "EDGEGEMMA_BACKEND='cuda'" in done.stderr
+
+
+# --- Numba's compile cache -----------------------------------------------------------------------------------------
+
+CACHE_PROBE = """
+    import numpy as np, gguf
+    from kernels import numba_backend as nb
+    for qtype in (0, 1, 30, 8, 2):
+        w = gguf.quants.quantize(np.ones((3, 64), np.float32), qtype)
+        nb.matmul_direct(np.ones((2, 64), np.float32), w, qtype)
+        nb.matmul_tiled(np.ones((40, 64), np.float32), w, qtype)
+        nb.dequantize_rows(w, qtype, [1])
+    hits = misses = 0
+    for kernel in [k for t in (0, 1, 30, 8, 2) for k in nb._kernels(t)]:
+        hits += sum(kernel.stats.cache_hits.values())
+        misses += sum(kernel.stats.cache_misses.values())
+    print(hits, misses, nb._cache_ok)
+"""
+
+
+@pytest.mark.skipif(numba_backend is None or NO_JIT, reason="needs Numba compiling")
+def test_compiled_kernels_come_from_the_cache_next_time(tmp_path):
+    """Parallel kernels have had cache trouble in Numba: the second process must compile nothing."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    first = run_python(CACHE_PROBE, env)
+    assert first.returncode == 0, first.stderr
+    second = run_python(CACHE_PROBE, env)
+    assert second.returncode == 0, second.stderr
+    hits, misses, cache_ok = second.stdout.split()
+    assert int(misses) == 0 and int(hits) > 0 and cache_ok == "True", second.stdout
+
+
+@pytest.mark.skipif(numba_backend is None or NO_JIT, reason="needs Numba compiling")
+def test_no_writable_cache_folder_is_quiet():
+    """Where Numba finds no cache folder at all (read-only install, no home), the kernels compile in memory."""
+    # Numba tries its cache locators in turn and gives up when none has a usable folder; take them all away.
+    code = "import numba.core.caching as c\ngetattr(c, 'CacheImpl', getattr(c, '_CacheImpl', None))._locator_classes = []\n"
+    code += textwrap.dedent(CACHE_PROBE)
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[2] == "False" and "Warning" not in done.stderr
+
+
+@pytest.mark.skipif(NO_JIT or numba_backend is None, reason="this is the outer run")
+def test_suite_passes_without_jit():
+    """The Numba kernels are plain Python under NUMBA_DISABLE_JIT=1 and must give the same answers."""
+    env = {k: v for k, v in os.environ.items() if k != "EDGEGEMMA_BACKEND"}
+    env.update(NUMBA_DISABLE_JIT="1", PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(Path(__file__))],
+        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
