@@ -113,8 +113,8 @@ def arch_key(template: str, **fields) -> str:
 
 # ... and ours, all under one prefix.
 KEY_PREFIX = "edgegemma."
-# The original SentencePiece model, base64 in one string: gguf's reader walks arrays element by
-# element, and 4.7 MB as a uint8 array takes minutes to open; one string opens at once.
+# The original SentencePiece model's bytes, as a uint8 array. (gguf.GGUFReader walks arrays element
+# by element and needs minutes for it; edgegemma's own reader maps it in one piece.)
 KEY_TOKENIZER_MODEL = KEY_PREFIX + "tokenizer.model"
 KEY_PROMPT_NAMES = KEY_PREFIX + "prompt_names"  # string array, from config_sentence_transformers.json
 KEY_PROMPT_TEXTS = KEY_PREFIX + "prompt_texts"  # string array, same order as the names

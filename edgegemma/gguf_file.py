@@ -79,6 +79,9 @@ class _Cursor:
             if item_type == GGUFValueType.STRING:
                 return self.strings(count)
             return [self.value(item_type) for _ in range(count)]
+        dtype = _SCALARS[vtype]
+        value = np.frombuffer(self.buf, dtype, 1, self.take(dtype.itemsize))[0].item()
+        return bool(value) if vtype == GGUFValueType.BOOL else value
 
     def strings(self, count: int) -> "StringArray":
         """A string array, decoded only when read: the vocabulary alone is 262,144 strings."""
@@ -95,9 +98,6 @@ class _Cursor:
             raise ModelFileError(f"{self.path}: file is truncated (inside a string array)") from None
         self.take(pos - self.pos)
         return StringArray(self.buf, starts, lengths)
-        dtype = _SCALARS[vtype]
-        value = np.frombuffer(self.buf, dtype, 1, self.take(dtype.itemsize))[0].item()
-        return bool(value) if vtype == GGUFValueType.BOOL else value
 
 
 class StringArray:

@@ -1,0 +1,55 @@
+"""The `edgegemma` command: one subcommand per job.
+
+Each subcommand is a function that registers its parser and sets `handler`; add one to
+SUBCOMMANDS to add a command. Handlers import what they need when they run, so
+`edgegemma --help` stays fast and the runtime never imports the converter.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable, Sequence
+
+RECIPE_HELP = "f32, f16, bf16, q8_0, q4_0 or mixed (e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0)"
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from converter.cli import run  # the converter (and safetensors) load only for this command
+
+    return run(args)
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert", help="Hugging Face checkpoint -> GGUF file",
+        description="Convert a sentence-transformers EmbeddingGemma folder into a GGUF file llama.cpp reads too.",
+    )
+    p.add_argument("src", help="sentence-transformers checkpoint folder (config.json, model.safetensors, 1_Pooling/, 2_Dense/, 3_Dense/, ...)")
+    p.add_argument("-o", "--output", required=True, help="the .gguf file to write")
+    # Checked by the converter, not by argparse `choices`, so a wrong type exits 1 like every other bad input.
+    p.add_argument("--type", required=True, metavar="TYPE", help=RECIPE_HELP)
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
+    p.set_defaults(handler=_convert)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgegemma", description="EmbeddingGemma-300m on a CPU.")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The model's weights, as the file stores them: checked by name, shape and type, never expanded.
+
+Matrices stay quantized views into the memory map (`Weight`); only the 1-D norm vectors, a few
+kilobytes each, are decoded to float32 at load.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import kernels
+
+from . import formats as F
+from .config import Config
+from .gguf_file import GGUFFile, ModelFileError
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One matrix as stored: `data` is uint8 (out_features, bytes per row) in `qtype` blocks."""
+
+    name: str
+    qtype: int
+    shape: tuple[int, int]  # (out_features, in_features)
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: np.ndarray  # (hidden,) RMSNorm before attention, Gemma's 1 + w folded in
+    attn_q: Weight  # (heads * head_dim, hidden)
+    attn_k: Weight  # (kv_heads * head_dim, hidden)
+    attn_v: Weight  # (kv_heads * head_dim, hidden)
+    attn_q_norm: np.ndarray  # (head_dim,)
+    attn_k_norm: np.ndarray  # (head_dim,)
+    attn_output: Weight  # (hidden, heads * head_dim)
+    post_attention_norm: np.ndarray  # (hidden,)
+    ffn_norm: np.ndarray  # (hidden,) before the feed-forward
+    ffn_gate: Weight  # (ffn, hidden)
+    ffn_up: Weight  # (ffn, hidden)
+    ffn_down: Weight  # (hidden, ffn)
+    post_ffw_norm: np.ndarray  # (hidden,)
+
+
+@dataclass(frozen=True)
+class Weights:
+    token_embd: Weight  # (vocab, hidden)
+    layers: list[LayerWeights]
+    output_norm: np.ndarray  # (hidden,)
+    dense_2: Weight  # (3072, hidden)
+    dense_3: Weight  # (hidden, 3072)
+
+
+def load_weights(file: GGUFFile, config: Config) -> Weights:
+    c = config
+    q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+
+    def matrix(kind: str, shape: tuple[int, int], layer: int | None = None) -> Weight:
+        info = _tensor(file, kind, layer, shape)
+        try:
+            F.quant_type(info.ggml_type)
+        except ValueError as err:
+            raise ModelFileError(f"{file.path}: tensor {info.name}: {err}") from None
+        return Weight(info.name, info.ggml_type, shape, info.data)
+
+    def vector(kind: str, size: int, layer: int | None = None) -> np.ndarray:
+        info = _tensor(file, kind, layer, (size,))
+        return kernels.dequantize(info.data, info.ggml_type).reshape(size)
+
+    def layer(i: int) -> LayerWeights:
+        return LayerWeights(
+            attn_norm=vector(F.ATTN_NORM, c.hidden_size, i),
+            attn_q=matrix(F.ATTN_Q, (q_dim, c.hidden_size), i),
+            attn_k=matrix(F.ATTN_K, (kv_dim, c.hidden_size), i),
+            attn_v=matrix(F.ATTN_V, (kv_dim, c.hidden_size), i),
+            attn_q_norm=vector(F.ATTN_Q_NORM, c.head_dim, i),
+            attn_k_norm=vector(F.ATTN_K_NORM, c.head_dim, i),
+            attn_output=matrix(F.ATTN_OUT, (c.hidden_size, q_dim), i),
+            post_attention_norm=vector(F.ATTN_POST_NORM, c.hidden_size, i),
+            ffn_norm=vector(F.FFN_NORM, c.hidden_size, i),
+            ffn_gate=matrix(F.FFN_GATE, (c.intermediate_size, c.hidden_size), i),
+            ffn_up=matrix(F.FFN_UP, (c.intermediate_size, c.hidden_size), i),
+            ffn_down=matrix(F.FFN_DOWN, (c.hidden_size, c.intermediate_size), i),
+            post_ffw_norm=vector(F.FFN_POST_NORM, c.hidden_size, i),
+        )
+
+    return Weights(
+        token_embd=matrix(F.TOKEN_EMBD, (c.vocab_size, c.hidden_size)),
+        layers=[layer(i) for i in range(c.num_hidden_layers)],
+        output_norm=vector(F.OUTPUT_NORM, c.hidden_size),
+        dense_2=matrix(F.DENSE_2, (c.dense_2_features, c.hidden_size)),
+        dense_3=matrix(F.DENSE_3, (c.hidden_size, c.dense_2_features)),
+    )
+
+
+def _tensor(file: GGUFFile, kind: str, layer: int | None, shape: tuple[int, ...]):
+    name = F.tensor_name(kind, layer)
+    info = file.tensors.get(name)
+    if info is None:
+        raise ModelFileError(f"{file.path}: tensor {name} is missing")
+    if info.shape != shape:
+        raise ModelFileError(f"{file.path}: tensor {name} has shape {info.shape}, expected {shape}")
+    return info
