@@ -1,0 +1,6 @@
+"""python -m converter SRC -o OUT --type T [--force]: the same command as `edgegemma convert`."""
+import sys
+
+from edgegemma.cli import main
+
+sys.exit(main(["convert", *sys.argv[1:]]))

@@ -1,0 +1,26 @@
+"""`edgegemma convert` / `python -m converter`: run a conversion, turn bad input into one line and exit 1."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import ConversionError
+from .writer import convert
+
+PROG = "edgegemma convert"
+
+
+def run(args: argparse.Namespace) -> int:
+    """The handler behind both entry points; returns the exit code."""
+    # gguf.SpecialVocab warns about Gemma's tokenizer.json template (llama.cpp's converter prints the same); keep stderr for errors.
+    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
+    try:
+        convert(args.src, args.output, args.type, force=args.force)
+    except ConversionError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    return 0
