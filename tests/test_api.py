@@ -1,0 +1,107 @@
+"""The sentence-transformers interface and its errors, on the tiny model."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import edgegemma
+from edgegemma import ModelFileError
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf):
+    return edgegemma.load(tiny_gguf("q8_0"))
+
+
+def test_shapes_and_unit_length(model):
+    d = model.dimension
+    one = model.encode("hello")
+    many = model.encode(["hello", "world", "again"])
+    assert one.shape == (d,) and one.dtype == np.float32
+    assert many.shape == (3, d) and many.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(many, axis=1), 1.0, atol=1e-5)
+    assert model.encode([]).shape == (0, d)
+
+
+def test_results_come_back_in_input_order(model):
+    texts = ["a", "a much longer text than the others in this list", "mid length text", "b"]
+    together = model.encode(texts, batch_size=2)
+    alone = np.stack([model.encode(t) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=2e-6)
+
+
+def test_truncate_dim_truncates_then_renormalises(model):
+    full = model.encode(["hello world"], normalize_embeddings=False)
+    for dim in (model.dimension, 32, 7, 1):
+        cut = model.encode(["hello world"], truncate_dim=dim)
+        assert cut.shape == (1, dim)
+        np.testing.assert_allclose(cut[0], full[0, :dim] / np.linalg.norm(full[0, :dim]), atol=1e-6)
+    raw = model.encode(["hello world"], truncate_dim=8, normalize_embeddings=False)
+    np.testing.assert_allclose(raw, full[:, :8])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 10_000, 1.5, "256"])
+def test_truncate_dim_out_of_range(model, bad):
+    with pytest.raises(ValueError, match="truncate_dim must be an integer from 1 to"):
+        model.encode("x", truncate_dim=bad)
+
+
+def test_prompts_come_from_the_file(model):
+    assert model.prompts["query"] == "task: search result | query: "
+    assert model.prompts["document"] == "title: none | text: "
+    np.testing.assert_allclose(model.encode_query("q"), model.encode("task: search result | query: q"), atol=1e-6)
+    np.testing.assert_allclose(model.encode("q", prompt_name="query"), model.encode_query("q"), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown prompt_name 'nope'.*query.*document"):
+        model.encode("x", prompt_name="nope")
+
+
+def test_document_titles(model):
+    plain = model.encode_document(["text one", "text two"])
+    np.testing.assert_allclose(plain[0], model.encode("title: none | text: text one"), atol=1e-6)
+    titled = model.encode_document(["text one", "text two"], titles=["A title", None])
+    np.testing.assert_allclose(titled[0], model.encode("title: A title | text: text one"), atol=1e-6)
+    np.testing.assert_allclose(titled[1], plain[1], atol=1e-6)
+    with pytest.raises(ValueError, match="2 titles for 3 documents"):
+        model.encode_document(["a", "b", "c"], titles=["x", "y"])
+
+
+def test_similarity_is_cosine(model):
+    a = model.encode(["alpha", "beta"])
+    sims = model.similarity(a, a)
+    assert sims.shape == (2, 2)
+    np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-5)
+    np.testing.assert_allclose(model.similarity([3.0, 4.0], [[6.0, 8.0], [4.0, -3.0]]), [[1.0, 0.0]], atol=1e-6)
+
+
+def test_non_string_names_its_index(model):
+    with pytest.raises(TypeError, match=r"sentences\[1\] is int"):
+        model.encode(["fine", 42])
+
+
+def test_long_input_is_cut_with_eos_last(model):
+    limit = model.config.max_position_embeddings
+    ids = model.tokenize(["word " * (limit * 2)])[0]
+    assert len(ids) == limit and ids[0] == model.tokenizer.bos_id and ids[-1] == model.tokenizer.eos_id
+
+
+def test_bad_files_name_the_problem(tmp_path, tiny_gguf):
+    good = tiny_gguf("q8_0")
+    with pytest.raises(ModelFileError, match="no such file"):
+        edgegemma.load(tmp_path / "missing.gguf")
+    (tmp_path / "text.gguf").write_text("not a model at all")
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        edgegemma.load(tmp_path / "text.gguf")
+    data = good.read_bytes()
+    for cut in (len(data) // 2, 200):
+        (tmp_path / "cut.gguf").write_bytes(data[:cut])
+        with pytest.raises(ModelFileError, match="truncated"):
+            edgegemma.load(tmp_path / "cut.gguf")
+    # Another architecture: same file, architecture string changed in place.
+    other = data.replace(b"gemma-embedding", b"gemma-embeddinX", 1)
+    (tmp_path / "other.gguf").write_bytes(other)
+    with pytest.raises(ModelFileError, match="architecture is 'gemma-embeddinX', expected 'gemma-embedding'"):
+        edgegemma.load(tmp_path / "other.gguf")
+    shutil.copy(good, tmp_path / "copy.gguf")
+    assert edgegemma.load(tmp_path / "copy.gguf").encode("ok").shape == (edgegemma.load(good).dimension,)

@@ -1,0 +1,58 @@
+"""The forward pass on a tiny random model, against an independent float64 implementation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgegemma
+from hf_forward import HFReference
+
+TEXTS = [
+    "short",
+    "a somewhat longer sentence, long enough to cross the tiny model's sliding window several times over",
+    "<bos> literal special tokens <eos> inside",
+    "",
+    "the the the the the the the the the the the the the the the the the the the the the the the the",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint, tiny_gguf):
+    return edgegemma.load(tiny_gguf("f32")), HFReference(tiny_checkpoint)
+
+
+def test_matches_independent_forward(tiny):
+    model, reference = tiny
+    config = model.config
+    ids = model.tokenize(TEXTS)
+    # The long text must reach past the sliding window, or the mask goes untested.
+    assert max(map(len, ids)) > 2 * config.attention_radius + 2
+    ours = model.encode(TEXTS)
+    theirs = np.stack([reference.embed(i) for i in ids])
+    cos = np.sum(ours * theirs, axis=1)
+    assert cos.min() >= 0.99999, cos
+
+
+def test_packed_batch_equals_one_at_a_time(tiny):
+    model, _ = tiny
+    batched = model.encode(TEXTS, batch_size=len(TEXTS))
+    alone = np.stack([model.encode(t) for t in TEXTS])
+    np.testing.assert_allclose(batched, alone, atol=2e-6)
+
+
+def test_trace_names_every_step(tiny):
+    model, _ = tiny
+    seen = model.trace("hello world")
+    layers = model.config.num_hidden_layers
+    assert list(seen) == ["embeddings", *[f"blk.{i}" for i in range(layers)], "output_norm", "pooled", "dense"]
+    assert seen["embeddings"].shape == (len(model.tokenize(["hello world"])[0]), model.config.hidden_size)
+
+
+@pytest.mark.parametrize("recipe", ["f16", "bf16", "q8_0", "q4_0", "mixed"])
+def test_every_recipe_runs_close_to_f32(recipe, tiny, tiny_gguf):
+    model, _ = tiny
+    quantized = edgegemma.load(tiny_gguf(recipe))
+    cos = np.sum(model.encode(TEXTS) * quantized.encode(TEXTS), axis=1)
+    # Random toy weights have no structure for quantization to keep, so this bar is loose; the
+    # real model's bars are in test_reference.py.
+    assert cos.min() >= {"f16": 0.9999, "bf16": 0.999, "q8_0": 0.999}.get(recipe, 0.95), cos
