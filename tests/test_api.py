@@ -105,3 +105,55 @@ def test_bad_files_name_the_problem(tmp_path, tiny_gguf):
         edgegemma.load(tmp_path / "other.gguf")
     shutil.copy(good, tmp_path / "copy.gguf")
     assert edgegemma.load(tmp_path / "copy.gguf").encode("ok").shape == (edgegemma.load(good).dimension,)
+
+
+def _rewrite(src, dst, change):
+    """Copy a GGUF file through gguf's own reader and writer, letting `change(name, array, type)`
+    replace a tensor's data and type."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    writer = gguf.GGUFWriter(dst, arch=reader.get_field(gguf.Keys.General.ARCHITECTURE).contents())
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
+            continue
+        value_type = field.types[0]
+        value = field.contents()
+        if value_type == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(field.name, value, value_type, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(field.name, value, value_type)
+    for t in reader.tensors:
+        data, qtype = change(t.name, gguf.quants.dequantize(t.data, t.tensor_type), t.tensor_type)
+        writer.add_tensor(t.name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_unsupported_tensor_type_is_named(tmp_path, tiny_gguf):
+    import gguf
+
+    q41 = gguf.GGMLQuantizationType.Q4_1
+
+    def to_q4_1(name, values, qtype):
+        if name == "blk.0.attn_q.weight":
+            return gguf.quants.quantize(values, q41), q41
+        return gguf.quants.quantize(values, qtype) if qtype != 0 else values, qtype
+
+    _rewrite(tiny_gguf("q8_0"), tmp_path / "q41.gguf", to_q4_1)
+    with pytest.raises(ModelFileError, match=r"blk\.0\.attn_q\.weight: tensor type Q4_1 is not supported \(supported: f32, f16, bf16, q8_0, q4_0\)"):
+        edgegemma.load(tmp_path / "q41.gguf")
+
+
+def test_wrong_tensor_shape_is_named(tmp_path, tiny_gguf):
+    import gguf
+
+    def shrink(name, values, qtype):
+        values = values[:32] if name == "blk.1.ffn_up.weight" else values
+        return (gguf.quants.quantize(values, qtype) if qtype != 0 else values), qtype
+
+    _rewrite(tiny_gguf("q8_0"), tmp_path / "shape.gguf", shrink)
+    with pytest.raises(ModelFileError, match=r"blk\.1\.ffn_up\.weight has shape \(32, 64\), expected \(96, 64\)"):
+        edgegemma.load(tmp_path / "shape.gguf")
