@@ -31,7 +31,11 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_convert)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert]
+from . import embed_cli, info, pull, server  # noqa: E402  (their registrations; handlers import the rest lazily)
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    pull.register, embed_cli.register, info.register, server.register, add_convert,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
