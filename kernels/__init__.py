@@ -12,6 +12,14 @@ numba when it imports and numpy otherwise.
 from __future__ import annotations
 
 import os
+import sys
+
+# OpenBLAS's threads spin for ~0.1 s after each BLAS call. Interleaved with Numba's parallel kernels on two cores
+# that turned a 40 us BLAS call into 3-12 ms (most runs, measured here); OPENBLAS_THREAD_TIMEOUT=1 lets them sleep
+# at once. OpenBLAS reads it when numpy loads it, so this only helps if nothing imported numpy before kernels:
+# applications should set it before their first `import numpy` (edgegemma's __init__, the CLI). A value set wins.
+if "numpy" not in sys.modules:
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 from .blocks import BLOCK_FORMATS, block_format
 
