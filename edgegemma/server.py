@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +33,7 @@ from . import cache
 
 PROG = "edgegemma serve"
 MiB = 1 << 20
+SHUTDOWN_GRACE = 30.0  # seconds a Ctrl-C waits for requests in flight
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,27 @@ class App:
         self.counter.max_length = 1 << 62
         self.batcher = Batcher(model, limits)
         self.started = time.time()
-        self.requests = 0
+        self.requests = 0  # POST requests received
+        self.stopping = False  # set on Ctrl-C/SIGTERM: new requests get a 503, those in flight finish
+        self._active = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def in_flight(self):
+        """Counts a request from its first byte to its last, so a shutdown can wait for it."""
+        with self._idle:
+            self._active += 1
+            self.requests += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
 
     def parse(self, body) -> EmbeddingRequest:
         if not isinstance(body, dict):
@@ -251,7 +273,7 @@ class App:
     def health(self) -> dict:
         b = self.batcher
         return {
-            "status": "stopping" if b.stopping else "ok", "model": self.model_id, "dimension": self.model.dimension,
+            "status": "stopping" if self.stopping else "ok", "model": self.model_id, "dimension": self.model.dimension,
             "recipe": self.model.recipe, "uptime_s": round(time.time() - self.started, 1), "requests": self.requests,
             "batches": b.batches, "inputs": b.inputs, "queued": b.queue.qsize(),
         }
@@ -302,17 +324,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         app = self.server.app
         path = self.path.split("?", 1)[0].rstrip("/")
-        try:
-            body = self._read_json()  # read first, whatever the route, so the connection stays in step
-            if path not in ("/v1/embeddings", "/embeddings"):
-                raise ApiError(404, f"no route POST {path or '/'}; try POST /v1/embeddings", code="not_found")
-            app.requests += 1
-            self._send(200, app.embeddings(body))
-        except ApiError as err:
-            self._error(err)
-        except Exception as err:  # a bug: say so, keep serving
-            self.log_error("internal error on %s: %r", path, err)
-            self._error(ApiError(500, f"internal error: {type(err).__name__}: {err}", kind="server_error"))
+        with app.in_flight():
+            try:
+                if app.stopping:
+                    self.close_connection = True
+                    raise ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+                body = self._read_json()  # read first, whatever the route, so the connection stays in step
+                if path not in ("/v1/embeddings", "/embeddings"):
+                    raise ApiError(404, f"no route POST {path or '/'}; try POST /v1/embeddings", code="not_found")
+                self._send(200, app.embeddings(body))
+            except ApiError as err:
+                self._error(err)
+            except Exception as err:  # a bug: say so, keep serving
+                self.log_error("internal error on %s: %r", path, err)
+                self._error(ApiError(500, f"internal error: {type(err).__name__}: {err}", kind="server_error"))
 
     def _method_not_allowed(self) -> None:
         self._error(ApiError(405, f"method {self.command} is not allowed; use GET or POST", code="method_not_allowed"))
@@ -418,7 +443,10 @@ def serve(model_path: Path, host: str = "127.0.0.1", port: int = 8080, limits: L
     while not stop.wait(0.5):
         pass
     print(f"{PROG}: stopping", file=sys.stderr, flush=True)
-    server.shutdown()  # no new connections; the worker finishes what is queued
+    app.stopping = True  # requests from now on get a 503
+    server.shutdown()  # no new connections
+    if not app.wait_idle(SHUTDOWN_GRACE):  # requests in flight get their answers
+        print(f"{PROG}: gave up waiting for requests still in flight after {SHUTDOWN_GRACE:.0f} s", file=sys.stderr)
     app.batcher.stop()
     server.server_close()
     h = app.health()

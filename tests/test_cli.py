@@ -1,0 +1,254 @@
+"""`edgegemma embed` and `edgegemma info` on the tiny model: inputs, outputs, options, and one-line errors.
+
+Most tests call cli.main in-process (fast); a few run `python -m edgegemma` for real pipes and exit codes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgegemma
+from edgegemma import cache
+from edgegemma.cli import main
+
+RECIPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "mixed"]
+TEXTS = ["the river runs to the city", "a tiny model", "search query about music"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tiny_gguf):
+    return tiny_gguf("q8_0")
+
+
+@pytest.fixture(scope="module")
+def model(model_file):
+    return edgegemma.load(model_file)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEGEMMA_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def cli(capsys, monkeypatch, *argv, stdin: str | None = None) -> tuple[int, str, str]:
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def records(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def vectors(out: str) -> np.ndarray:
+    return np.array([r["embedding"] for r in records(out)], np.float32)
+
+
+# --- embed: input and output ----------------------------------------------------------------------
+
+
+def test_arguments_give_json_lines(capsys, monkeypatch, model_file, model):
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, *TEXTS)
+    assert code == 0, err
+    rows = records(out)
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert [r["text"] for r in rows] == TEXTS
+    np.testing.assert_array_equal(vectors(out), model.encode(TEXTS))  # 9 digits bring float32 back exactly
+
+
+def test_stdin_lines_blank_lines_skipped(capsys, monkeypatch, model_file, model):
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, stdin="\n".join([TEXTS[0], "", "  ", TEXTS[1]]) + "\n")
+    assert code == 0, err
+    assert [r["text"] for r in records(out)] == TEXTS[:2]
+    np.testing.assert_array_equal(vectors(out), model.encode(TEXTS[:2]))
+
+
+def test_txt_and_jsonl_files(capsys, monkeypatch, tmp_path, model_file, model):
+    txt = tmp_path / "in.txt"
+    txt.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
+    for path in (txt, jsonl):
+        code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", path)
+        assert code == 0, err
+        np.testing.assert_array_equal(vectors(out), model.encode(TEXTS))
+
+
+def test_npy_and_jsonl_output_files(capsys, monkeypatch, tmp_path, model_file, model):
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "-o", tmp_path / "v.npy", *TEXTS)
+    assert code == 0 and out == "", err
+    saved = np.load(tmp_path / "v.npy")
+    assert saved.dtype == np.float32 and saved.shape == (3, model.dimension)
+    np.testing.assert_array_equal(saved, model.encode(TEXTS))
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "-o", tmp_path / "v.jsonl", *TEXTS)
+    assert code == 0 and out == "", err
+    np.testing.assert_array_equal(vectors((tmp_path / "v.jsonl").read_text()), saved)
+
+
+def test_unicode_text_round_trips(capsys, monkeypatch, model_file):
+    code, out, _ = cli(capsys, monkeypatch, "embed", "-m", model_file, 'quote " and ünïcødé ✓')
+    assert code == 0 and records(out)[0]["text"] == 'quote " and ünïcødé ✓'
+
+
+# --- embed: options -------------------------------------------------------------------------------
+
+
+def test_dim_truncates_and_renormalises(capsys, monkeypatch, model_file, model):
+    half = model.dimension // 2
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--dim", half, *TEXTS)
+    assert code == 0, err
+    v = vectors(out)
+    assert v.shape == (3, half)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
+    full = model.encode(TEXTS)[:, :half]
+    np.testing.assert_allclose(v, full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_prompt_name_and_title(capsys, monkeypatch, model_file, model):
+    _, out, _ = cli(capsys, monkeypatch, "embed", "-m", model_file, "--prompt-name", "query", *TEXTS)
+    np.testing.assert_array_equal(vectors(out), model.encode_query(TEXTS))
+    _, out, _ = cli(capsys, monkeypatch, "embed", "-m", model_file, "--prompt-name", "STS", *TEXTS)
+    np.testing.assert_array_equal(vectors(out), model.encode(TEXTS, prompt_name="STS"))
+    _, out, _ = cli(capsys, monkeypatch, "embed", "-m", model_file, "--title", "Music", *TEXTS)
+    np.testing.assert_array_equal(vectors(out), model.encode_document(TEXTS, titles="Music"))
+    _, out, _ = cli(capsys, monkeypatch, "embed", "-m", model_file, "--prompt-name", "document", *TEXTS)
+    np.testing.assert_array_equal(vectors(out), model.encode_document(TEXTS))
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--title", "x", "--prompt-name", "query", "t")
+    assert code == 1 and "--title goes with the document prompt" in err
+
+
+def test_progress_bar_only_when_asked_or_long(capsys, monkeypatch, model_file):
+    _, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, *TEXTS)
+    assert err == ""
+    _, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--progress", "--batch-size", "1", *TEXTS)
+    assert "3/3" in err
+
+
+def test_the_default_model_is_used_without_m(capsys, monkeypatch, model_file, model):
+    cache.set_default(model_file)
+    code, out, err = cli(capsys, monkeypatch, "embed", "hello")
+    assert code == 0, err
+    np.testing.assert_array_equal(vectors(out), model.encode(["hello"]))
+
+
+# --- embed: errors are one line, exit 1 -----------------------------------------------------------
+
+
+def one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("edgegemma "), err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_missing_model(capsys, monkeypatch, home):
+    code, _, err = cli(capsys, monkeypatch, "embed", "hello")
+    one_line_error(code, err, "no model", "edgegemma pull", str(home))
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", home / "nothing.gguf", "hello")
+    one_line_error(code, err, "nothing.gguf: no such file")
+
+
+def test_unreadable_input(capsys, monkeypatch, tmp_path, model_file):
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path / "absent.txt")
+    one_line_error(code, err, "cannot read", "absent.txt", "No such file")
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path)
+    one_line_error(code, err, "cannot read", "Is a directory")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path / "latin1.txt")
+    one_line_error(code, err, "cannot read", "utf-8")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"title": "no text"}\n')
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path / "bad.jsonl")
+    one_line_error(code, err, "bad.jsonl:2", '"text"')
+
+
+def test_corrupt_gguf(capsys, monkeypatch, tmp_path, model_file):
+    data = model_file.read_bytes()
+    cases = {"truncated.gguf": data[: len(data) // 2], "noise.gguf": os.urandom(4096), "empty.gguf": b""}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        code, _, err = cli(capsys, monkeypatch, "embed", "-m", tmp_path / name, "hello")
+        one_line_error(code, err, name)
+
+
+def test_bad_options(capsys, monkeypatch, tmp_path, model_file, model):
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--prompt-name", "nope", "x")
+    one_line_error(code, err, "unknown prompt_name 'nope'", "query")
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--dim", model.dimension + 1, "x")
+    one_line_error(code, err, "truncate_dim must be an integer from 1 to")
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "-o", tmp_path / "v.csv", "x")
+    one_line_error(code, err, "use .jsonl (JSON lines) or .npy")
+
+
+# --- info -----------------------------------------------------------------------------------------
+
+# What each recipe stores, by tensor group (every 1-D norm is f32 in all of them).
+EXPECTED = {
+    "f32": dict.fromkeys(["token_embd", "blk.*.attn_q", "blk.*.ffn_up", "dense_2"], "f32"),
+    "f16": dict.fromkeys(["token_embd", "blk.*.attn_q", "blk.*.ffn_up", "dense_2"], "f16"),
+    "bf16": dict.fromkeys(["token_embd", "blk.*.attn_q", "blk.*.ffn_up", "dense_2"], "bf16"),
+    "q8_0": dict.fromkeys(["token_embd", "blk.*.attn_q", "blk.*.ffn_up", "dense_2"], "q8_0"),
+    "q4_0": dict.fromkeys(["token_embd", "blk.*.attn_q", "blk.*.ffn_up", "dense_2"], "q4_0"),
+    "mixed": {"token_embd": "q4_0", "blk.*.attn_q": "q8_0", "blk.*.attn_output": "q8_0", "blk.*.ffn_up": "q4_0", "dense_2": "q4_0"},
+}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_info_on_each_file_type(capsys, monkeypatch, tiny_gguf, recipe):
+    path = tiny_gguf(recipe)
+    code, out, err = cli(capsys, monkeypatch, "info", "--json", path)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["architecture"] == "gemma-embedding" and d["recipe"] == recipe and d["gguf_version"] == 3
+    assert d["bytes"] == path.stat().st_size and 0 < d["tensor_bytes"] < d["bytes"]
+    types = {g["name"]: g["type"] for g in d["tensor_groups"]}
+    for group, qtype in EXPECTED[recipe].items():
+        assert types[group] == qtype, group
+    assert types["blk.*.attn_norm"] == types["output_norm"] == "f32"
+    model = edgegemma.load(path)
+    assert d["config"]["hidden_size"] == model.dimension
+    assert d["prompts"] == model.prompts
+    code, text, _ = cli(capsys, monkeypatch, "info", path)
+    assert code == 0
+    assert f"recipe {recipe}" in text and "gemma-embedding" in text and f"{model.dimension}-d" in text
+    assert "query" in text and "task: search result | query: " in text
+
+
+def test_info_errors(capsys, monkeypatch, tmp_path, model_file):
+    code, _, err = cli(capsys, monkeypatch, "info", tmp_path / "absent.gguf")
+    one_line_error(code, err, "absent.gguf")
+    (tmp_path / "short.gguf").write_bytes(model_file.read_bytes()[:3000])
+    code, _, err = cli(capsys, monkeypatch, "info", tmp_path / "short.gguf")
+    one_line_error(code, err, "short.gguf", "truncated")
+
+
+# --- the real command, in a subprocess ------------------------------------------------------------
+
+
+def edgegemma_cmd(*argv, stdin: str = "", env_home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EDGEGEMMA_HOME": str(env_home)}
+    return subprocess.run([sys.executable, "-m", "edgegemma", *map(str, argv)], input=stdin, capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def test_pipe_through_the_real_command(model_file, model, home):
+    proc = edgegemma_cmd("embed", "-m", model_file, stdin="Which planet is known as the Red Planet?\n", env_home=home)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(vectors(proc.stdout), model.encode(["Which planet is known as the Red Planet?"]))
+
+
+def test_real_command_errors_have_no_traceback(tmp_path, home):
+    proc = edgegemma_cmd("embed", "hello", env_home=home)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "no model" in proc.stderr
+    (tmp_path / "x.gguf").write_bytes(b"GGUF" + os.urandom(100))
+    proc = edgegemma_cmd("embed", "-m", tmp_path / "x.gguf", "hello", env_home=home)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "x.gguf" in proc.stderr
