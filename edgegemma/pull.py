@@ -436,6 +436,9 @@ def run(args: argparse.Namespace) -> int:
     except PullError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # a cache folder we may not write, a full disk
+        print(f"{PROG}: error: {err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; run it again to resume (downloaded chunks are kept)", file=sys.stderr)
         return 130

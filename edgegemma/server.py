@@ -46,6 +46,10 @@ class Limits:
     batch_size: int = 32  # texts per forward pass inside one encode call
 
 
+class ServeError(Exception):
+    """The server cannot start; str() is the one line shown."""
+
+
 class ApiError(Exception):
     """A request we refuse: HTTP status plus OpenAI's error fields."""
 
@@ -422,7 +426,10 @@ def serve(model_path: Path, host: str = "127.0.0.1", port: int = 8080, limits: L
 
     model = load(model_path)
     app = App(model, model_id or Path(model_path).stem, limits)
-    server = Server((host, port), app, verbose)  # OSError here (port taken) before the warm-up, not after
+    try:  # a taken port is reported before the warm-up, not after
+        server = Server((host, port), app, verbose)
+    except OSError as err:
+        raise ServeError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
     model.encode("warm up")  # compile the kernels now, not on the first request
     app.batcher.start()
 
@@ -462,10 +469,10 @@ def run(args: argparse.Namespace) -> int:
                     batch_inputs=args.batch_inputs, batch_wait=args.batch_wait_ms / 1000)
     try:
         return serve(cache.resolve_model(args.model), args.host, args.port, limits, args.model_name, args.verbose)
-    except (cache.NoModelError, ModelFileError) as err:
+    except (cache.NoModelError, ModelFileError, ServeError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
     except OSError as err:
-        print(f"{PROG}: error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        print(f"{PROG}: error: {err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -485,7 +492,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", metavar="ID", help="the model id /v1/models reports (default: the file's name)")
     p.add_argument("--max-body-mb", type=int, default=d.max_body_bytes // MiB, metavar="MB", help="largest request body (default %(default)s)")
     p.add_argument("--max-inputs", type=int, default=d.max_inputs, metavar="N", help="inputs per request (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="tokens per input, prompt included (default: the model's context, 2048)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="tokens per input, prompt included; longer inputs get a 400 (default: the model's context, 2048; "
+                        "above it, inputs are cut to the context as sentence-transformers does)")
     p.add_argument("--batch-inputs", type=int, default=d.batch_inputs, metavar="N", help="inputs gathered into one batch (default %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait * 1000, metavar="MS", help="how long a batch waits for more requests (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request on stderr")
