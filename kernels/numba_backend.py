@@ -172,6 +172,68 @@ def _decode_row(qtype, src, dst):
         _decode_f32(src, dst)
 
 
+@_jit(types.void(f32_rows_ro, f32_rows, types.int64, types.int64, f32_rows), fastmath={"reassoc", "contract"})
+def _dot_rows(x, wbuf, nr, r, y):
+    """y[t, r + j] = x[t] . wbuf[j] for every token t and the nr <= 4 decoded rows in wbuf.
+
+    Four rows times four tokens at a time: sixteen running sums, so each value loaded feeds two FMAs (one load
+    per FMA would leave the FMA units half idle); LLVM vectorizes the loop over i, the sums become vectors."""
+    n, k = x.shape
+    t = 0
+    if nr == 4:
+        w0, w1, w2, w3 = wbuf[0], wbuf[1], wbuf[2], wbuf[3]
+        while t + 4 <= n:
+            x0, x1, x2, x3 = x[t], x[t + 1], x[t + 2], x[t + 3]
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
+            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
+            for i in range(k):
+                u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
+                v = x0[i]
+                a00 += v * u0
+                a01 += v * u1
+                a02 += v * u2
+                a03 += v * u3
+                v = x1[i]
+                a10 += v * u0
+                a11 += v * u1
+                a12 += v * u2
+                a13 += v * u3
+                v = x2[i]
+                a20 += v * u0
+                a21 += v * u1
+                a22 += v * u2
+                a23 += v * u3
+                v = x3[i]
+                a30 += v * u0
+                a31 += v * u1
+                a32 += v * u2
+                a33 += v * u3
+            y[t, r], y[t, r + 1], y[t, r + 2], y[t, r + 3] = a00, a01, a02, a03
+            y[t + 1, r], y[t + 1, r + 1], y[t + 1, r + 2], y[t + 1, r + 3] = a10, a11, a12, a13
+            y[t + 2, r], y[t + 2, r + 1], y[t + 2, r + 2], y[t + 2, r + 3] = a20, a21, a22, a23
+            y[t + 3, r], y[t + 3, r + 1], y[t + 3, r + 2], y[t + 3, r + 3] = a30, a31, a32, a33
+            t += 4
+        while t < n:  # the last tokens, one at a time against the four rows
+            xt = x[t]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for i in range(k):
+                v = xt[i]
+                a0 += v * w0[i]
+                a1 += v * w1[i]
+                a2 += v * w2[i]
+                a3 += v * w3[i]
+            y[t, r], y[t, r + 1], y[t, r + 2], y[t, r + 3] = a0, a1, a2, a3
+            t += 1
+    for j in range(nr if t < n else 0):  # fewer than four rows left: one row at a time
+        wj = wbuf[j]
+        for tt in range(t, n):
+            xt = x[tt]
+            a = np.float32(0.0)
+            for i in range(k):
+                a += xt[i] * wj[i]
+            y[tt, r + j] = a
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The generic part, built once per type. The factory closes over the type id (an int) rather than over a decoder
 # function: Numba pickles closure variables into the cache key, and a dispatcher pickles with a per-process uuid,
@@ -193,36 +255,20 @@ def _build_float_kernels(qtype):
         for i in range(out.shape[0]):
             _decode_row(qtype, w[r0 + i], out[i])
 
-    @_jit(types.void(f32_rows_ro, u8_rows, f32_rows), parallel=True, fastmath={"reassoc", "contract"})
+    @_jit(types.void(f32_rows_ro, u8_rows, f32_rows), parallel=True)
     def matmul_direct(x, w, y):
-        """y[t, r] = sum_i x[t, i] * W[r, i]: each thread decodes a row of W once into a k-float buffer in L1 and
-        takes its dot product with every token, four tokens at a time so each W value loaded feeds four FMAs."""
+        """y[t, r] = sum_i x[t, i] * W[r, i] without BLAS: each thread decodes four rows of W at a time into a
+        small buffer that stays in L1 and multiplies every token by them (_dot_rows)."""
         n, k = x.shape
         rows = w.shape[0]
         for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-            row = np.empty(k, np.float32)
-            for r in range(task * ROWS_PER_TASK, min(rows, (task + 1) * ROWS_PER_TASK)):
-                _decode_row(qtype, w[r], row)
-                t = 0
-                while t + 4 <= n:
-                    a0 = a1 = a2 = a3 = np.float32(0.0)
-                    for i in range(k):
-                        wi = row[i]
-                        a0 += x[t, i] * wi
-                        a1 += x[t + 1, i] * wi
-                        a2 += x[t + 2, i] * wi
-                        a3 += x[t + 3, i] * wi
-                    y[t, r] = a0
-                    y[t + 1, r] = a1
-                    y[t + 2, r] = a2
-                    y[t + 3, r] = a3
-                    t += 4
-                while t < n:
-                    a0 = np.float32(0.0)
-                    for i in range(k):
-                        a0 += x[t, i] * row[i]
-                    y[t, r] = a0
-                    t += 1
+            buf = np.empty((4, k), np.float32)
+            end = min(rows, (task + 1) * ROWS_PER_TASK)
+            for r in range(task * ROWS_PER_TASK, end, 4):
+                nr = min(4, end - r)
+                for j in range(nr):
+                    _decode_row(qtype, w[r + j], buf[j])
+                _dot_rows(x, buf, nr, r, y)
 
     return decode_rows, decode_tile, matmul_direct
 
@@ -237,7 +283,12 @@ def _kernels(qtype: int):
 # The public functions: same signatures as numpy_backend.
 
 TILE_VALUES = 1 << 20  # a dequantized tile of W holds at most this many float32 values (4 MiB)
-DIRECT_MAX_N = 16  # up to this many tokens the direct kernel beats tile + BLAS (see bench/kernels.py)
+# Up to this many tokens the direct kernel (one Numba thread pool, no BLAS) is used, above it tile + BLAS.
+# bench/kernels.py, one layer's matmuls, GFLOP/s: direct ~40 at n=16 and ~33 at n=64 (4x4-blocked float FMAs,
+# ymm); tile + BLAS is below 10 there, since OpenBLAS's per-call thread hand-off dominates a small GEMM, and
+# catastrophically so when the two cores are shared (0.6 GFLOP/s at n=16 under load). From a few hundred tokens
+# BLAS's blocked GEMM wins (quiet machine: 45-190 GFLOP/s at n=512..4096; direct stays near 35).
+DIRECT_MAX_N = 64
 
 
 def dequantize(w, qtype) -> np.ndarray:
