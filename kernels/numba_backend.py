@@ -1,7 +1,12 @@
 """The Numba kernels: the same three functions as numpy_backend, compiled.
 
-Per type there is only `decode_row(src, dst)`: one stored row (uint8) -> float32, bit-exact with
-gguf.quants. Everything else is generic and built from it by `_build_float_kernels`.
+Per type there is only a row decoder (`_decode_q8_0(src, dst)` ...: one stored row -> float32, bit-exact with
+gguf.quants) and one function mapping type ids to them (`_decode_row`). Everything else is generic and built per
+type by `_build_float_kernels`. matmul has two designs and picks by batch size (DIRECT_MAX_N says why):
+  direct  - each thread decodes four W rows into L1 and multiplies every token by them (`_dot_rows`)
+  tile    - decode a tile of W rows into a reusable float32 scratch, BLAS multiplies the batch by it
+No integer (int8-activation) path yet: Numba's loops did not vectorize into VNNI dot products (see the
+closing note of the kernels work in git log) and a prototype ran at a tenth of the float direct kernel.
 """
 from __future__ import annotations
 
@@ -284,10 +289,13 @@ def _kernels(qtype: int):
 
 TILE_VALUES = 1 << 20  # a dequantized tile of W holds at most this many float32 values (4 MiB)
 # Up to this many tokens the direct kernel (one Numba thread pool, no BLAS) is used, above it tile + BLAS.
-# bench/kernels.py, one layer's matmuls, GFLOP/s: direct ~40 at n=16 and ~33 at n=64 (4x4-blocked float FMAs,
-# ymm); tile + BLAS is below 10 there, since OpenBLAS's per-call thread hand-off dominates a small GEMM, and
-# catastrophically so when the two cores are shared (0.6 GFLOP/s at n=16 under load). From a few hundred tokens
-# BLAS's blocked GEMM wins (quiet machine: 45-190 GFLOP/s at n=512..4096; direct stays near 35).
+# bench/kernels.py, one layer's seven matmuls, GFLOP/s on this 2-core machine while shared (load ~6):
+#   n=16:   direct 40-55 for every type; tile + BLAS 0.6-4 (OpenBLAS's per-call thread hand-off dominates a small
+#           GEMM, and on busy cores each hand-off waits for a time slice)
+#   n=512:  direct 27-35, tile + BLAS 22-29 (loaded); BLAS alone reached 186 on a quiet machine, so above ~64
+#           tokens BLAS's blocked GEMM is the better bet and the loaded figures are the exception
+#   n=4096: tile + BLAS 66-70, direct 20-23
+# n=1 (~4-17 for both) is bound by decoding W and by launching threads, not by arithmetic.
 DIRECT_MAX_N = 64
 
 
