@@ -91,6 +91,14 @@ class Batcher:
         self.stopping = True
         self.queue.put(None)
         self.thread.join()
+        while True:  # a job that slipped in behind the end marker gets its 503 rather than waiting forever
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.error = ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+                job.done.set()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if self.stopping:
@@ -294,6 +302,7 @@ def _json_type(value) -> str:
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # idle keep-alive connections must not hold up a shutdown
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: socketserver's 5 is too few for a burst of clients connecting at once
 
     def __init__(self, address, app: App, verbose: bool = False):
         self.app, self.verbose = app, verbose

@@ -284,7 +284,7 @@ def load_test(server: ServerProcess, model, clients: int = 32, total: int = 2000
             response = local.client.embeddings.create(model="m", input=[texts[i] for i in pick])
             got = as_array(response)
         except Exception as err:
-            errors.append(repr(err))
+            errors.append(f"{err!r} caused by {err.__cause__!r}")
             return
         latencies.append(time.perf_counter() - started)
         worst.append(float(cosines(got, expected[pick]).min()))
