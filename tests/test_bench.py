@@ -1,0 +1,71 @@
+"""bench/ runs end to end and writes the JSON it promises. No timing is asserted: only that the harness works."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench import run, workloads
+
+FIGURES = ("tokens_per_s", "texts_per_s", "seconds")
+
+
+def run_quick(folder, out, *extra):
+    return run.main(["--quick", "--models", str(folder), "--systems", "edgegemma:q4_0:numpy", "--limit", "3",
+                     "--synthetic", "2", "--latency-calls", "2", "--no-cold-cache", "--out", str(out), "-q", *extra])
+
+
+def check_report(out, dim_matches_reference: bool):
+    report = json.loads(out.read_text())
+    assert set(report) >= {"meta", "workloads", "systems", "acceptance", "table"}
+    assert report["meta"]["quick"] and report["meta"]["threads"] == 2
+    assert report["workloads"]["reference"]["texts"] == 3 and report["workloads"]["synthetic"]["texts"] == 2
+    assert report["workloads"]["reference"]["tokens"] > 3 and report["workloads"]["query"]["tokens"] > 2
+    row = report["systems"]["edgegemma:q4_0:numpy"]
+    assert "error" not in row, row.get("error")
+    assert row["file_mib"] > 0 and row["backend"] == "numpy"
+    best = row["best"]
+    for name in ("reference", "synthetic"):
+        assert all(best[name][f] > 0 for f in FIGURES)
+    assert best["latency_ms"] > 0 and best["cold_start_s"] > 0 and best["peak_rss_mib"] > 0
+    assert len(row["runs"]) == 1 and len(row["runs"][0]["latency_all_s"]) == 2
+    assert ("cos_reference" in row) == dim_matches_reference
+    assert "edgegemma:q4_0:numpy" in report["table"]
+    return report
+
+
+def test_synthetic_workload_is_deterministic():
+    a, b = workloads.synthetic_texts(3), workloads.synthetic_texts(3)
+    assert a == b and len(set(a)) == 3
+    assert len(a[0].split()) == workloads.SYNTHETIC_WORDS
+
+
+def test_select_patterns():
+    systems = run.all_systems()
+    ids = lambda pats: [s.id for s in run.select(systems, pats)]
+    assert ids(["edgegemma:q4_0"]) == ["edgegemma:q4_0:numba", "edgegemma:q4_0:numpy"]
+    assert ids(["st"]) == ["st:fp32:bs1", "st:fp32:bs32", "st:bf16:bs1", "st:bf16:bs32"]
+    assert ids(["*:numpy"]) == [f"edgegemma:{t}:numpy" for t in run.TYPES]
+    with pytest.raises(SystemExit):
+        run.select(systems, ["nothing"])
+
+
+def test_quick_run_on_tiny_model(tiny_gguf, tmp_path, capsys):
+    """The whole harness on the toy model: child process, workloads, figures, JSON, table."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.symlink(tiny_gguf("q4_0"), folder / "q4_0.gguf")
+    run_quick(folder, tmp_path / "run.json")
+    check_report(tmp_path / "run.json", dim_matches_reference=False)
+    assert "| edgegemma:q4_0:numpy |" in capsys.readouterr().out
+
+
+def test_quick_run_on_real_model(real_gguf, reference_dir, tmp_path):
+    """The real q4_0 file: also the cosine to sentence-transformers' reference embeddings."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.symlink(real_gguf("q4_0"), folder / "q4_0.gguf")
+    run_quick(folder, tmp_path / "run.json")
+    report = check_report(tmp_path / "run.json", dim_matches_reference=True)
+    assert report["systems"]["edgegemma:q4_0:numpy"]["cos_reference"]["mean"] > 0.9
