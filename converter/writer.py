@@ -6,6 +6,7 @@ the target and renamed at the end, so a failed or interrupted run leaves no .ggu
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
@@ -155,9 +156,12 @@ def convert(
                    + (f"  ({note})" if note else ""))
         writer.close()
         os.replace(tmp, out)
-    except BaseException:
-        writer.close()
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            writer.close()
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, no permission: the user's problem to fix, not a bug
+            raise ConversionError(f"writing {out}: {e.strerror or e}") from None
         raise
     worst = max(reports, key=lambda r: r.rel_rms_error)
     report(f"wrote {out}: {out.stat().st_size / 2**20:.1f} MiB, {len(reports)} tensors, recipe {recipe.name}, "
