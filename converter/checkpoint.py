@@ -350,12 +350,13 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
         dtype, found_shape = found
         if hf_name == "embed_tokens.weight":  # may hold more rows than the vocabulary: see trim_vocab
             ok = len(found_shape) == 2 and found_shape[1] == shape[1] and found_shape[0] >= (n_vocab or 0)
-            shape = found_shape
+            want = f"[{n_vocab or 'n_vocab'}, {shape[1]}]"
         else:
-            ok = found_shape == shape
+            ok, want = found_shape == shape, str(list(shape))
         if not ok:
-            raise ConversionError(
-                f"{file}: tensor {hf_name} has shape {list(found_shape)}, expected {list(shape)} (from config.json)")
+            raise ConversionError(f"{file}: tensor {hf_name} has shape {list(found_shape)}, expected {want} (from config.json)")
+        if hf_name == "embed_tokens.weight":
+            shape = found_shape
         if dtype not in READABLE_DTYPES:
             raise ConversionError(f"{file}: tensor {hf_name} is {dtype}; only {' and '.join(READABLE_DTYPES)} checkpoints are supported")
         ckpt.tensors.append(TensorSource(gguf_name, hf_name, folder / file, shape))

@@ -298,6 +298,11 @@ def test_wrong_shape(capsys, ckpt, tmp_path):
                    "tensor layers.1.self_attn.q_proj.weight has shape [64, 48], expected [64, 64] (from config.json)")
 
 
+def test_wrong_embedding_width(capsys, ckpt, tmp_path):
+    edit_tensor(ckpt / "model.safetensors", "embed_tokens.weight", np.zeros((384, 32), np.float32))
+    assert_refused(capsys, ckpt, tmp_path, "tensor embed_tokens.weight has shape [384, 32], expected [384, 64] (from config.json)")
+
+
 def test_wrong_dense_shape(capsys, ckpt, tmp_path):
     edit_tensor(ckpt / "3_Dense" / "model.safetensors", "linear.weight", np.zeros((64, 128), np.float32))
     assert_refused(capsys, ckpt, tmp_path, "3_Dense/model.safetensors: tensor linear.weight has shape [64, 128], expected [64, 256]")
