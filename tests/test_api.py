@@ -51,6 +51,7 @@ def test_truncate_dim_out_of_range(model, bad):
 def test_prompts_come_from_the_file(model):
     assert model.prompts["query"] == "task: search result | query: "
     assert model.prompts["document"] == "title: none | text: "
+    assert model.prompts["fact_checking"] == "task: fact checking | query: "  # the card's tasks too
     np.testing.assert_allclose(model.encode_query("q"), model.encode("task: search result | query: q"), atol=1e-6)
     np.testing.assert_allclose(model.encode("q", prompt_name="query"), model.encode_query("q"), atol=1e-6)
     with pytest.raises(ValueError, match="unknown prompt_name 'nope'.*query.*document"):

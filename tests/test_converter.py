@@ -134,8 +134,12 @@ def test_metadata(recipe, tiny_checkpoint, tiny_gguf):
         assert field(reader, akey(Keys.LLM.DENSE_FEAT_IN_SIZE, dense=dense)) == n_in
         assert field(reader, akey(Keys.LLM.DENSE_FEAT_OUT_SIZE, dense=dense)) == n_out
     # edgegemma's own keys
-    assert field(reader, F.KEY_PROMPT_NAMES) == list(PROMPTS)
-    assert field(reader, F.KEY_PROMPT_TEXTS) == list(PROMPTS.values())
+    # the checkpoint's prompts in file order, then the card's task prompts it does not name
+    stored = dict(zip(field(reader, F.KEY_PROMPT_NAMES), field(reader, F.KEY_PROMPT_TEXTS)))
+    assert list(stored)[: len(PROMPTS)] == list(PROMPTS) and all(stored[k] == v for k, v in PROMPTS.items())
+    assert stored["question_answering"] == "task: question answering | query: "
+    assert stored["fact_checking"] == "task: fact checking | query: "
+    assert stored["code_retrieval"] == "task: code retrieval | query: "
     assert field(reader, F.KEY_RECIPE) == recipe
     assert field(reader, F.KEY_QUANTIZER) == "ggml"
     assert field(reader, F.KEY_CONVERTER_VERSION)
