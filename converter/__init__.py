@@ -2,8 +2,9 @@
 
     checkpoint.py  open and validate the folder, hand out tensors under llama.cpp's names
     vocab.py       the SentencePiece vocabulary as llama.cpp's tokenizer.ggml.* keys
-    recipes.py     which storage type each tensor gets (f32, f16, bf16, q8_0, q4_0, mixed)
-    quantize.py    ggml's block packers, bit for bit, and the error they introduce
+    recipes.py     which storage type each tensor gets (f32, f16, bf16, q8_0, q4_0, mixed, e4_q8)
+    calibrate.py   importance of each input column, from the float model on calibration texts
+    quantize.py    ggml's block packers, bit for bit; the scale search; the error they introduce
     metadata.py    the file's metadata keys
     writer.py      stream it all into a GGUF file, atomically
     cli.py         `edgegemma convert` / `python -m converter`

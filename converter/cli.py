@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     # gguf.SpecialVocab warns about Gemma's tokenizer.json template (llama.cpp's converter prints the same); keep stderr for errors.
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
     try:
-        convert(args.src, args.output, args.type, force=args.force)
+        convert(args.src, args.output, args.type, force=args.force, quantizer=getattr(args, "quantizer", None))
     except ConversionError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1

@@ -14,11 +14,10 @@ from .checkpoint import Checkpoint
 from .recipes import Recipe
 from .vocab import Vocab, add_vocab
 
-QUANTIZER = "ggml"  # the block scales are ggml's own rule (quantize.ggml_scales_*)
 CONVERTER_VERSION = __version__
 
 
-def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe: Recipe) -> None:
+def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe: Recipe, quantizer: str = "ggml") -> None:
     hp = ckpt.hparams
     w = writer
     w.add_type(gguf.GGUFType.MODEL)
@@ -50,5 +49,5 @@ def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe
     w.add_array(F.KEY_PROMPT_NAMES, list(ckpt.prompts))
     w.add_array(F.KEY_PROMPT_TEXTS, list(ckpt.prompts.values()))
     w.add_string(F.KEY_RECIPE, recipe.name)
-    w.add_string(F.KEY_QUANTIZER, QUANTIZER)
+    w.add_string(F.KEY_QUANTIZER, quantizer)  # ggml, search or imatrix: how the block scales were chosen
     w.add_string(F.KEY_CONVERTER_VERSION, CONVERTER_VERSION)

@@ -12,6 +12,15 @@ The packers take the scales as an argument so a better scale search can reuse th
     BF16: the top 16 bits of the f32, rounded to nearest even, NaN made quiet (ggml_compute_fp32_to_bf16)
 
 Every packer returns uint8 rows: shape (..., row_bytes), which is how the GGUF writer is fed.
+
+Two quantizers choose the scales (`QUANTIZERS`, recorded in the file as edgegemma.quantizer):
+
+    ggml    ggml's rule above; the bytes are gguf.quants.quantize's, bit for bit
+    search  per block, try a grid of scales and keep the one with the least weighted squared
+            error Σ w·(x − q·d)², each candidate refitted by least squares (as llama.cpp's
+            make_qx_quants); w = importance[column] · sqrt(mean(x²) + x²) (llama.cpp's weighting
+            for an importance matrix), importance = 1 without calibration. ggml's own scale is
+            always a candidate, so no block ends up with more weighted error than ggml's.
 """
 from __future__ import annotations
 
@@ -79,6 +88,142 @@ def pack_q4_0(blocks: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.concatenate([d.astype(np.float16).view(np.uint8), nibbles], axis=1)
 
 
+# --- scale search (the `search` quantizer) -----------------------------------
+
+# The level the block's largest-magnitude value is mapped to; d = m / t, then refitted.
+# Q4_0 levels are −8..7: ggml maps m to −8; the search also tries −7.0..−9.0 and +6.5..+7.5.
+_Q4_0_TARGETS = np.r_[-8.0 - 0.1 * np.arange(-10, 11), 6.5 + 0.1 * np.arange(11)].astype(np.float32)
+_Q8_0_TARGETS = (127.0 - 0.5 * np.arange(17)).astype(np.float32)
+
+
+def _f16(d: np.ndarray) -> np.ndarray:
+    """d as the f16 the block stores (inf where it overflows)."""
+    with np.errstate(over="ignore"):
+        return d.astype(np.float16).astype(np.float32)
+
+
+def q4_0_levels(blocks: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The signed levels −8..7 pack_q4_0 stores for scale d (same arithmetic, so the same bytes)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = np.trunc(blocks * _inverse(d) + np.float32(8.5), dtype=np.float32)
+        return np.where(np.isfinite(t), np.clip(t, 0, 15), t) - np.float32(8)
+
+
+def q8_0_levels(blocks: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The levels −127..127 pack_q8_0 stores for scale d."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = _round_half_away(blocks * _inverse(d))
+        return np.where(np.isfinite(q), np.clip(q, -127, 127), q)
+
+
+def block_weights(blocks: np.ndarray, importance: np.ndarray | None) -> np.ndarray:
+    """Per-value error weights: importance[column] · sqrt(mean(x²) of the row + x²)."""
+    x2 = np.square(blocks)
+    w = np.sqrt(x2.mean(axis=1, keepdims=True) + x2)  # the block's mean square stands in for the row's
+    if importance is not None:
+        w = w * np.asarray(importance, np.float32).reshape(-1, blocks.shape[1])  # importance is tiled per row
+    return w
+
+
+def weighted_error(blocks: np.ndarray, weights: np.ndarray, d: np.ndarray, levels: Callable) -> np.ndarray:
+    """Σ w·(x − q·d)² per block (n_blocks,), with q and d exactly as they are stored."""
+    d16 = _f16(d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.sum(weights * np.square(blocks - levels(blocks, d16) * d16), axis=1)
+    return np.where(np.isfinite(err), err, np.inf)
+
+
+def _search(blocks: np.ndarray, weights: np.ndarray, targets: np.ndarray, qmin: float, qmax: float,
+            ggml_d: np.ndarray, levels: Callable) -> np.ndarray:
+    imax = np.abs(blocks).argmax(axis=-1)[:, None]
+    m = np.take_along_axis(blocks, imax, axis=-1)
+    best_d = ggml_d.astype(np.float32)
+    best_err = weighted_error(blocks, weights, best_d, levels)
+    wx = weights * blocks
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for t in targets:
+            inv = np.float32(t) * _inverse(m)  # 1 / (m / t)
+            q = np.clip(np.floor(blocks * inv + np.float32(0.5)), qmin, qmax)
+            sqq = np.sum(weights * q * q, axis=1, keepdims=True)
+            d = np.where(sqq > 0, np.sum(wx * q, axis=1, keepdims=True) / sqq, 0).astype(np.float32)
+            err = weighted_error(blocks, weights, d, levels)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_d = np.where(better[:, None], d, best_d)
+    return best_d
+
+
+def _search_loop(blocks, weights, targets, qmin, qmax, out):
+    """The same search as _search, one block at a time (compiled with Numba when it imports).
+
+    For each target t: d = m / t, q = clip(round(x / d)), d ← Σwxq / Σwq² (least squares),
+    error Σw(x − q·d)² with q re-rounded for that d; the best d goes to out[b]. The f16 rounding
+    of d and the comparison with ggml's scale are left to the caller (numpy, see _finish).
+    """
+    n, size = blocks.shape
+    for b in range(n):
+        m = np.float32(0.0)
+        for j in range(size):
+            if abs(blocks[b, j]) > abs(m):
+                m = blocks[b, j]
+        best_err, best_d = np.inf, np.float32(0.0)
+        if m == 0:
+            out[b] = 0.0
+            continue
+        for t in targets:
+            inv = t / m
+            sxq, sqq = 0.0, 0.0
+            for j in range(size):
+                q = min(max(np.floor(blocks[b, j] * inv + 0.5), qmin), qmax)
+                sxq += weights[b, j] * blocks[b, j] * q
+                sqq += weights[b, j] * q * q
+            if sqq <= 0:
+                continue
+            d = sxq / sqq
+            inv_d = 1.0 / d
+            err = 0.0
+            for j in range(size):
+                q = min(max(np.floor(blocks[b, j] * inv_d + 0.5), qmin), qmax)
+                e = blocks[b, j] - q * d
+                err += weights[b, j] * e * e
+            if err < best_err:
+                best_err, best_d = err, d
+        out[b] = best_d
+
+
+try:
+    import numba
+
+    _search_compiled = numba.njit(cache=True, nogil=True, fastmath=True)(_search_loop)
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy search below is the fallback
+    _search_compiled = None
+
+
+def _finish(blocks: np.ndarray, weights: np.ndarray, d: np.ndarray, ggml_d: np.ndarray, levels: Callable) -> np.ndarray:
+    """Keep the searched scale only where, stored as f16, it beats ggml's: never worse than ggml, exactly."""
+    better = weighted_error(blocks, weights, d, levels) < weighted_error(blocks, weights, ggml_d, levels)
+    return np.where(better[:, None], d, ggml_d).astype(np.float32)
+
+
+def _search_fast(blocks, weights, targets, qmin, qmax, ggml_d, levels) -> np.ndarray:
+    if _search_compiled is None:
+        return _search(blocks, weights, targets, qmin, qmax, ggml_d, levels)
+    out = np.empty(blocks.shape[0], np.float32)
+    _search_compiled(np.ascontiguousarray(blocks, np.float32), np.ascontiguousarray(weights, np.float32),
+                     targets, np.float32(qmin), np.float32(qmax), out)
+    return _finish(blocks, weights, out[:, None], ggml_d, levels)
+
+
+def search_scales_q4_0(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Q4_0 scales (n_blocks, 1) minimising Σ w·(x − (q − 8)·d)², never worse than ggml's."""
+    return _search_fast(blocks, weights, _Q4_0_TARGETS, -8, 7, ggml_scales_q4_0(blocks), q4_0_levels)
+
+
+def search_scales_q8_0(blocks: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Q8_0 scales (n_blocks, 1) minimising Σ w·(x − q·d)², never worse than ggml's."""
+    return _search_fast(blocks, weights, _Q8_0_TARGETS, -127, 127, ggml_scales_q8_0(blocks), q8_0_levels)
+
+
 # --- floats -----------------------------------------------------------------
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
@@ -112,9 +257,31 @@ _PACKERS: dict[T, Callable[[np.ndarray, QuantType], np.ndarray]] = {
 assert set(_PACKERS) == set(QUANT_TYPES), "every type in edgegemma.formats needs a packer"
 
 
-def pack(x: np.ndarray, qt: QuantType) -> np.ndarray:
-    """float32 rows (..., n) -> their bytes in type `qt`, shape (..., qt.row_bytes(n)), ggml's scales."""
-    return _PACKERS[qt.ggml_type](x, qt)
+QUANTIZERS = ("ggml", "search")
+_SEARCHES: dict[T, tuple[Callable, Callable]] = {
+    T.Q8_0: (search_scales_q8_0, pack_q8_0),
+    T.Q4_0: (search_scales_q4_0, pack_q4_0),
+}
+
+
+def pack(x: np.ndarray, qt: QuantType, quantizer: str = "ggml", importance: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows (..., n) -> their bytes in type `qt`, shape (..., qt.row_bytes(n)).
+
+    quantizer "ggml": ggml's scales, gguf.quants' bytes. "search": searched scales for the block
+    types, weighted by `importance` (n,) per input column when given; float types are unaffected.
+    """
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
+    if quantizer == "ggml" or qt.ggml_type not in _SEARCHES:
+        return _PACKERS[qt.ggml_type](x, qt)
+    scales, packer = _SEARCHES[qt.ggml_type]
+    blocks = _blocks(x, qt)
+    if importance is not None:
+        importance = np.asarray(importance, np.float32)
+        if importance.shape != (x.shape[-1],):
+            raise ValueError(f"importance has shape {importance.shape}, expected ({x.shape[-1]},) for rows of {x.shape[-1]}")
+        importance = np.broadcast_to(importance, x.shape).reshape(blocks.shape)
+    return _as_rows(x, packer(blocks, scales(blocks, block_weights(blocks, importance))), qt)
 
 
 def unpack(packed: np.ndarray, qt: QuantType) -> np.ndarray:

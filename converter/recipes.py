@@ -3,7 +3,9 @@
 A rule maps a 2-D weight `(tensor kind, layer)` to a type; kinds are the templates in
 edgegemma.formats (ATTN_Q is "blk.{bid}.attn_q"). Every 1-D tensor (the norms) stays F32 in
 every recipe, as llama.cpp keeps them. `mixed` is the model card's e4_a8_f4_p4: embedding,
-feed-forward and projection head in Q4_0, attention in Q8_0.
+feed-forward and projection head in Q4_0, attention in Q8_0. `e4_q8` keeps only the embedding
+table (two thirds of the weights, and the least sensitive: a lookup, not a product) in Q4_0 and
+every transformer and dense weight in Q8_0: about the size of q4_0, close to q8_0's quality.
 """
 from __future__ import annotations
 
@@ -41,11 +43,17 @@ MIXED_TYPES: dict[str, QuantType] = {
 }
 
 
-def _mixed(kind: str, layer: int | None) -> QuantType:
-    try:
-        return MIXED_TYPES[kind]
-    except KeyError:
-        raise ValueError(f"recipe mixed has no type for tensor kind {kind!r}") from None
+# e4_q8: embedding table 4-bit, everything else 8-bit.
+E4_Q8_TYPES: dict[str, QuantType] = {kind: Q8_0 for kind in MIXED_TYPES} | {F.TOKEN_EMBD: Q4_0}
+
+
+def _by_kind(name: str, types: dict[str, QuantType]) -> Rule:
+    def rule(kind: str, layer: int | None) -> QuantType:
+        try:
+            return types[kind]
+        except KeyError:
+            raise ValueError(f"recipe {name} has no type for tensor kind {kind!r}") from None
+    return rule
 
 
 RECIPES: dict[str, Recipe] = {
@@ -56,7 +64,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("bf16", LlamaFileType.MOSTLY_BF16, _every(BF16), "2-D weights bfloat16"),
         Recipe("q8_0", LlamaFileType.MOSTLY_Q8_0, _every(Q8_0), "2-D weights Q8_0"),
         Recipe("q4_0", LlamaFileType.MOSTLY_Q4_0, _every(Q4_0), "2-D weights Q4_0"),
-        Recipe("mixed", LlamaFileType.MOSTLY_Q4_0, _mixed, "e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0"),
+        Recipe("mixed", LlamaFileType.MOSTLY_Q4_0, _by_kind("mixed", MIXED_TYPES), "e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0"),
+        Recipe("e4_q8", LlamaFileType.MOSTLY_Q8_0, _by_kind("e4_q8", E4_Q8_TYPES), "embedding table Q4_0, every other weight Q8_0"),
     )
 }
 

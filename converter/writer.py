@@ -23,7 +23,7 @@ from edgegemma.formats import ARCH, QuantType
 from .checkpoint import Checkpoint, TensorSource, open_checkpoint
 from .errors import ConversionError
 from .metadata import add_metadata
-from .quantize import error_sums, pack, relative_rms
+from .quantize import error_sums, pack, relative_rms, unpack
 from .recipes import RECIPES, Recipe, storage_type
 from .vocab import read_vocab
 
@@ -35,6 +35,7 @@ class TensorReport:
     shape: tuple[int, ...]  # numpy order (rows, cols)
     rel_rms_error: float
     note: str | None = None
+    weighted_error: float | None = None  # sqrt(Σ imp·Δw² / Σ imp·w²): the output error the importance predicts
 
 
 class _Writer(gguf.GGUFWriter):
@@ -66,6 +67,16 @@ class _Writer(gguf.GGUFWriter):
         return head + struct.pack("<IQ", item_type, len(val)) + items
 
 
+# --quantizer: how block scales are chosen. "imatrix" is "search" weighted by calibration statistics.
+QUANTIZERS = ("ggml", "search", "imatrix")
+BLOCK_TYPES = frozenset({"q8_0", "q4_0"})
+
+
+def default_quantizer(recipe: Recipe, types: list[QuantType]) -> str:
+    """imatrix when the file has block-quantized tensors, else ggml (float types have no scales to choose)."""
+    return "imatrix" if any(qt.name in BLOCK_TYPES for qt in types) else "ggml"
+
+
 class _Stream:
     """One tensor's bytes, produced chunk by chunk when the writer asks for them.
 
@@ -74,19 +85,26 @@ class _Stream:
     tensor into place with the writer's own alignment and order bookkeeping.
     """
 
-    def __init__(self, chunks: Iterator[np.ndarray], qt: QuantType, nbytes: int):
+    def __init__(self, chunks: Iterator[np.ndarray], qt: QuantType, nbytes: int, rule: str = "ggml",
+                 importance: np.ndarray | None = None):
         self.chunks, self.qt, self.nbytes = chunks, qt, nbytes
+        self.rule, self.importance = rule, importance
         self.err_sq = self.ref_sq = 0.0
+        self.werr_sq = self.wref_sq = 0.0  # importance-weighted, when there is an importance
 
     def tofile(self, fout: BinaryIO) -> None:
         written = 0
         for chunk in self.chunks:
-            packed = pack(chunk, self.qt)
+            packed = pack(chunk, self.qt, self.rule, self.importance)
             fout.write(memoryview(np.ascontiguousarray(packed)).cast("B"))
             written += packed.nbytes
             e, r = error_sums(chunk, packed, self.qt)
             self.err_sq += e
             self.ref_sq += r
+            if self.importance is not None:
+                diff = chunk - unpack(packed, self.qt).reshape(chunk.shape)
+                self.werr_sq += float(np.sum(np.square(diff) @ self.importance))
+                self.wref_sq += float(np.sum(np.square(chunk) @ self.importance))
         if written != self.nbytes:
             raise RuntimeError(f"wrote {written} bytes for a tensor declared as {self.nbytes}")
 
@@ -115,9 +133,13 @@ def _chunks(ckpt: Checkpoint, src: TensorSource, qt: QuantType) -> Iterator[np.n
 
 def convert(
     src: str | Path, out: str | Path, recipe_name: str, *, force: bool = False,
-    report: Callable[[str], None] = print,
+    report: Callable[[str], None] = print, quantizer: str | None = None,
 ) -> list[TensorReport]:
     """Convert the sentence-transformers folder `src` into the GGUF file `out` with a recipe.
+
+    quantizer: "ggml" (ggml's scales, gguf.quants' bytes), "search" (searched scales) or "imatrix"
+    (searched, weighted by calibration statistics, see converter.calibrate); None picks
+    default_quantizer (imatrix for files with Q4_0/Q8_0 tensors).
 
     Raises ConversionError for anything wrong with the input or the output path; on any
     failure (KeyboardInterrupt included) the temporary file is removed and `out` is untouched.
@@ -133,12 +155,22 @@ def convert(
     vocab = read_vocab(src, ckpt.hparams.vocab_size)
     ckpt.trim_vocab(len(vocab.tokens))
     plan = [(t, *storage_type(recipe, t.name, t.shape)) for t in ckpt.tensors]
+    if quantizer is None:
+        quantizer = default_quantizer(recipe, [qt for _, qt, _ in plan])
+    if quantizer not in QUANTIZERS:
+        raise ConversionError(f"unknown --quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
+    importance: dict[str, np.ndarray] = {}
+    if quantizer == "imatrix" and any(qt.name in BLOCK_TYPES for _, qt, _ in plan):
+        from .calibrate import importance as calibrate
+
+        importance = calibrate(src, report)
+    rule = "ggml" if quantizer == "ggml" else "search"
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer = _Writer(tmp, ARCH)
     reports: list[TensorReport] = []
     try:
-        add_metadata(writer, ckpt, vocab, recipe)
+        add_metadata(writer, ckpt, vocab, recipe, quantizer)
         for t, qt, _ in plan:
             byte_shape = _byte_shape(t.shape, qt)
             writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=qt.ggml_type)
@@ -147,13 +179,15 @@ def convert(
         writer.write_ti_data_to_file()
         width = max(len(t.name) for t in ckpt.tensors)
         for i, (t, qt, note) in enumerate(plan):
-            stream = _Stream(_chunks(ckpt, t, qt), qt, int(np.prod(_byte_shape(t.shape, qt))))
+            imp = importance.get(t.name) if qt.name in BLOCK_TYPES else None
+            stream = _Stream(_chunks(ckpt, t, qt), qt, int(np.prod(_byte_shape(t.shape, qt))), rule, imp)
             writer.write_tensor_data(stream)  # type: ignore[arg-type]  # see _Stream
             err = relative_rms(stream.err_sq, stream.ref_sq)
-            reports.append(TensorReport(t.name, qt, t.shape, err, note))
+            werr = relative_rms(stream.werr_sq, stream.wref_sq) if imp is not None else None
+            reports.append(TensorReport(t.name, qt, t.shape, err, note, werr))
             dims = "{" + ", ".join(map(str, reversed(t.shape))) + "}"  # GGUF order, as llama.cpp prints it
             report(f"[{i + 1:3d}/{len(plan)}] {t.name:<{width}}  {qt.name:<4}  {dims:<14}  rel.rms.err {err:.2e}"
-                   + (f"  ({note})" if note else ""))
+                   + (f"  imp.err {werr:.2e}" if werr is not None else "") + (f"  ({note})" if note else ""))
         writer.close()
         os.replace(tmp, out)
     except BaseException as e:
@@ -164,6 +198,6 @@ def convert(
             raise ConversionError(f"writing {out}: {e.strerror or e}") from None
         raise
     worst = max(reports, key=lambda r: r.rel_rms_error)
-    report(f"wrote {out}: {out.stat().st_size / 2**20:.1f} MiB, {len(reports)} tensors, recipe {recipe.name}, "
+    report(f"wrote {out}: {out.stat().st_size / 2**20:.1f} MiB, {len(reports)} tensors, recipe {recipe.name}, quantizer {quantizer}, "
            f"largest error {worst.rel_rms_error:.2e} ({worst.name}), {time.perf_counter() - started:.1f} s")
     return reports

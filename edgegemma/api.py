@@ -105,7 +105,9 @@ class SentenceEncoder:
         return [self.tokenizer.encode(prefix + _check_text(t, i)) for i, t in enumerate(texts)]
 
     def trace(self, text: str, prompt_name: str | None = None, prompt: str | None = None) -> dict[str, np.ndarray]:
-        """Every named intermediate of one text's forward pass (embeddings, blk.N, output_norm, pooled, dense)."""
+        """Every named intermediate of one text's forward pass: embeddings; per block blk.N.attn_norm,
+        .attn_out_in, .ffn_norm, .ffn_down_in (the inputs of its linear layers) and blk.N; output_norm,
+        pooled, dense_2, dense."""
         seen: dict[str, np.ndarray] = {}
         record: Trace = lambda name, value: seen.__setitem__(name, value.copy())
         self.model.forward(self.tokenize([text], prompt_name, prompt), trace=record)

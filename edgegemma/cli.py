@@ -9,7 +9,11 @@ from __future__ import annotations
 import argparse
 from typing import Callable, Sequence
 
-RECIPE_HELP = "f32, f16, bf16, q8_0, q4_0 or mixed (e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0)"
+RECIPE_HELP = ("f32, f16, bf16, q8_0, q4_0, mixed (e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0) "
+               "or e4_q8 (embedding table Q4_0, every other weight Q8_0)")
+QUANTIZER_HELP = ("how Q4_0/Q8_0 block scales are chosen: imatrix (default: scale search weighted by activation "
+                  "statistics from a calibration run of the float model, cached), search (unweighted scale search) "
+                  "or ggml (ggml's max rule, byte for byte what llama.cpp writes)")
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -27,6 +31,7 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="the .gguf file to write")
     # Checked by the converter, not by argparse `choices`, so a wrong type exits 1 like every other bad input.
     p.add_argument("--type", required=True, metavar="TYPE", help=RECIPE_HELP)
+    p.add_argument("--quantizer", metavar="RULE", default=None, help=QUANTIZER_HELP)
     p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     p.set_defaults(handler=_convert)
 

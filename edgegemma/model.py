@@ -24,13 +24,13 @@ def linear(x: np.ndarray, weight: Weight) -> np.ndarray:
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """Gemma's RMSNorm; the file stores its (1 + w) already folded, as llama.cpp does."""
-    mean_square = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
-    return x / np.sqrt(mean_square + np.float32(eps)) * weight
+    """Gemma's RMSNorm, x / sqrt(mean(x²) + eps) · weight; the file stores its (1 + w) already folded, as llama.cpp does."""
+    return kernels.rms_norm(x, weight, eps)
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return 0.5 * x * (1.0 + np.tanh(np.float32(np.sqrt(2.0 / np.pi)) * (x + np.float32(0.044715) * x * x * x)))
+    """0.5 · x · (1 + tanh(sqrt(2/π) · (x + 0.044715 · x³)))."""
+    return kernels.gelu_tanh(x)
 
 
 def rope_table(base: float, head_dim: int, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,40 +42,17 @@ def rope_table(base: float, head_dim: int, max_positions: int) -> tuple[np.ndarr
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     """Rotate (tokens, heads, head_dim) by position; the halves pair up (Hugging Face's rotate_half)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[:, None, :], sin[:, None, :]
-    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    return kernels.rope(x, cos, sin)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, radius: int | None,
-              block: int = 256) -> np.ndarray:
-    """Bidirectional attention of one sequence: q (L, heads, d), k and v (L, kv_heads, d).
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, radius: int | None) -> np.ndarray:
+    """Bidirectional attention of one sequence: q (L, heads, d), k and v (L, kv_heads, d), query heads sharing
+    key/value heads in groups; softmax(scale · q·k) · v.
 
-    With a radius, token i sees token j only when |i - j| <= radius (the sliding window). Queries go
-    in blocks, each against just the keys it can see, so memory stays at block × window.
+    With a radius, token i sees token j only when |i - j| <= radius (the sliding window). Queries go in
+    blocks, each against just the keys it can see, so memory stays at block × window.
     """
-    length, n_heads, d = q.shape
-    group = n_heads // k.shape[1]  # query heads sharing one key/value head
-    out = np.empty_like(q)
-    for kv_head in range(k.shape[1]):
-        heads = slice(kv_head * group, (kv_head + 1) * group)
-        keys, values = k[:, kv_head], v[:, kv_head]
-        for start in range(0, length, block):
-            stop = min(length, start + block)
-            lo, hi = (max(0, start - radius), min(length, stop + radius)) if radius is not None else (0, length)
-            # Rows are (query position, head) pairs: one matrix product for the whole group.
-            queries = q[start:stop, heads].reshape(-1, d)
-            scores = (queries @ keys[lo:hi].T) * np.float32(scale)
-            if radius is not None:
-                pos_q = np.repeat(np.arange(start, stop), group)[:, None]
-                pos_k = np.arange(lo, hi)[None, :]
-                scores[np.abs(pos_q - pos_k) > radius] = -np.inf
-            scores -= scores.max(axis=1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=1, keepdims=True)
-            out[start:stop, heads] = (scores @ values[lo:hi]).reshape(stop - start, group, d)
-    return out
+    return kernels.attention(q, k, v, scale, radius)
 
 
 class EmbeddingGemma:
@@ -98,7 +75,7 @@ class EmbeddingGemma:
         x = kernels.dequantize_rows(w.token_embd.data, w.token_embd.qtype, ids) * np.float32(np.sqrt(c.hidden_size))
         note("embeddings", x)
         for i, layer in enumerate(w.layers):
-            x = self._block(i, layer, x, positions, bounds)
+            x = self._block(i, layer, x, positions, bounds, note)
             note(f"blk.{i}", x)
         x = rms_norm(x, w.output_norm, c.rms_norm_eps)
         note("output_norm", x)
@@ -108,11 +85,14 @@ class EmbeddingGemma:
         pooled = pooled.astype(np.float32)
         note("pooled", pooled)
         # The dense head 768 -> 3072 -> 768 (no bias, no activation), then unit length.
-        out = linear(linear(pooled, w.dense_2), w.dense_3)
+        h = linear(pooled, w.dense_2)
+        note("dense_2", h)
+        out = linear(h, w.dense_3)
         note("dense", out)
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
 
-    def _block(self, i: int, layer: LayerWeights, x: np.ndarray, positions: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    def _block(self, i: int, layer: LayerWeights, x: np.ndarray, positions: np.ndarray, bounds: np.ndarray,
+               note: Trace) -> np.ndarray:
         c = self.config
         n = x.shape[0]
         sliding = c.is_sliding(i)
@@ -121,6 +101,7 @@ class EmbeddingGemma:
 
         # Attention: norm, project, q/k norms, rotate, attend per sequence, project back, norm, add.
         h = rms_norm(x, layer.attn_norm, c.rms_norm_eps)
+        note(f"blk.{i}.attn_norm", h)  # the input of q, k and v
         q = linear(h, layer.attn_q).reshape(n, c.num_attention_heads, c.head_dim)
         k = linear(h, layer.attn_k).reshape(n, c.num_key_value_heads, c.head_dim)
         v = linear(h, layer.attn_v).reshape(n, c.num_key_value_heads, c.head_dim)
@@ -130,10 +111,15 @@ class EmbeddingGemma:
         a = np.empty_like(q)
         for start, stop in zip(bounds[:-1], bounds[1:]):
             a[start:stop] = attention(q[start:stop], k[start:stop], v[start:stop], c.query_pre_attn_scalar ** -0.5, radius)
-        h = linear(a.reshape(n, -1), layer.attn_output)
+        a = a.reshape(n, -1)
+        note(f"blk.{i}.attn_out_in", a)
+        h = linear(a, layer.attn_output)
         x = x + rms_norm(h, layer.post_attention_norm, c.rms_norm_eps)
 
         # Feed-forward: norm, GeGLU (gelu-tanh gate times up), down, norm, add.
         h = rms_norm(x, layer.ffn_norm, c.rms_norm_eps)
-        h = linear(gelu_tanh(linear(h, layer.ffn_gate)) * linear(h, layer.ffn_up), layer.ffn_down)
+        note(f"blk.{i}.ffn_norm", h)  # the input of gate and up
+        h = gelu_tanh(linear(h, layer.ffn_gate)) * linear(h, layer.ffn_up)
+        note(f"blk.{i}.ffn_down_in", h)
+        h = linear(h, layer.ffn_down)
         return x + rms_norm(h, layer.post_ffw_norm, c.rms_norm_eps)

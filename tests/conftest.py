@@ -4,7 +4,7 @@ synthetic checkpoint of the same architecture, and GGUF files converted from eit
     hf_model_dir       the real sentence-transformers folder, from EDGEGEMMA_HF_MODEL
     reference_dir      sentence-transformers' reference outputs, from EDGEGEMMA_REFERENCE
     tiny_checkpoint    a toy EmbeddingGemma folder (make_tiny_checkpoint with its defaults)
-    tiny_gguf(recipe)  that folder converted, once per session
+    tiny_gguf(recipe)  that folder converted, once per session (tiny_gguf(recipe, "ggml"): another quantizer)
     real_gguf(recipe)  the real checkpoint converted, once per session, deleted at the end
 
 make_tiny_checkpoint(folder, **sizes) is a plain function too, for tests that need other sizes.
@@ -202,17 +202,19 @@ class Converted:
         self.lines: dict[str, list[str]] = {}
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, recipe: str) -> Path:
-        if recipe not in self.paths:
+    def __call__(self, recipe: str, quantizer: str | None = None) -> Path:
+        """The file for `recipe`, with the converter's default quantizer or the one named (kept as "q4_0-ggml")."""
+        key = recipe if quantizer is None else f"{recipe}-{quantizer}"
+        if key not in self.paths:
             from converter.writer import convert
 
-            out = self.folder / f"{recipe}.gguf"
+            out = self.folder / f"{key}.gguf"
             lines: list[str] = []
             started = time.perf_counter()
-            self.reports[recipe] = convert(self.src, out, recipe, force=True, report=lines.append)
-            self.seconds[recipe] = time.perf_counter() - started
-            self.lines[recipe], self.paths[recipe] = lines, out
-        return self.paths[recipe]
+            self.reports[key] = convert(self.src, out, recipe, force=True, report=lines.append, quantizer=quantizer)
+            self.seconds[key] = time.perf_counter() - started
+            self.lines[key], self.paths[key] = lines, out
+        return self.paths[key]
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,13 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import PROMPTS, make_tiny_checkpoint
 from converter import writer as converter_writer
-from converter.recipes import MIXED_TYPES, RECIPES, storage_type
+from converter.recipes import E4_Q8_TYPES, MIXED_TYPES, RECIPES, storage_type
 from edgegemma import cli
 from edgegemma import formats as F
 
-RECIPE_NAMES = ["f32", "f16", "bf16", "q8_0", "q4_0", "mixed"]
-FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "mixed": 2}  # llama.cpp's LLAMA_FTYPE_*
+RECIPE_NAMES = ["f32", "f16", "bf16", "q8_0", "q4_0", "mixed", "e4_q8"]
+BLOCK_RECIPES = ["q8_0", "q4_0", "mixed", "e4_q8"]  # these get the imatrix quantizer by default
+FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "mixed": 2, "e4_q8": 7}  # llama.cpp's LLAMA_FTYPE_*
 MAX_ERROR = {"f32": 0.0, "f16": 1e-3, "bf16": 5e-3, "q8_0": 1e-2, "q4_0": 0.12}  # per tensor, relative RMS
 
 
@@ -44,6 +45,8 @@ def expected_type(recipe: str, name: str, shape) -> T:
     kind, _ = F.tensor_kind(name)
     if recipe == "mixed":
         return MIXED_TYPES[kind].ggml_type
+    if recipe == "e4_q8":
+        return E4_Q8_TYPES[kind].ggml_type
     return F.QUANT_TYPES_BY_NAME[recipe].ggml_type
 
 
@@ -64,7 +67,7 @@ def hf_tensors(folder: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("recipe", RECIPE_NAMES)
 def test_tensors_read_back(recipe, tiny_checkpoint, tiny_gguf):
-    reader = gguf.GGUFReader(tiny_gguf(recipe))
+    reader = gguf.GGUFReader(tiny_gguf(recipe, "ggml"))
     source = hf_tensors(tiny_checkpoint)
     stored = {t.name: t for t in reader.tensors}
     assert set(stored) == set(source)
@@ -84,8 +87,42 @@ def test_tensors_read_back(recipe, tiny_checkpoint, tiny_gguf):
         assert err <= MAX_ERROR[F.QUANT_TYPES[qtype].name], (name, err)
 
 
+@pytest.mark.parametrize("recipe", BLOCK_RECIPES)
+def test_default_quantizer_files(recipe, tiny_checkpoint, tiny_gguf):
+    """The default (imatrix) file: the same types and block layout, read by gguf.quants, and for each
+    tensor no more importance-weighted error than ggml's rule."""
+    from converter.calibrate import importance as calibrate
+
+    imp = calibrate(tiny_checkpoint, report=lambda line: None)
+    ours = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe)).tensors}
+    ggml = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe, "ggml")).tensors}
+    source = hf_tensors(tiny_checkpoint)
+    changed = 0
+    for name, t in ours.items():
+        w = source[name]
+        assert t.tensor_type == ggml[name].tensor_type == expected_type(recipe, name, w.shape), name
+        back = gguf.quants.dequantize(np.asarray(t.data), T(t.tensor_type)).reshape(w.shape)
+        ref = gguf.quants.dequantize(np.asarray(ggml[name].data), T(t.tensor_type)).reshape(w.shape)
+        if name in imp:
+            weighted = lambda x: float(np.sum(np.square(x - w) @ imp[name]))
+            assert weighted(back) <= weighted(ref) * (1 + 1e-6), name
+        assert np.linalg.norm(back - w) / np.linalg.norm(w) <= MAX_ERROR[F.QUANT_TYPES[T(t.tensor_type)].name], name
+        changed += np.asarray(t.data).tobytes() != np.asarray(ggml[name].data).tobytes()
+    assert changed > len(ours) // 2  # the search moved most tensors' scales
+    lines = tiny_gguf.lines[recipe]
+    assert any(line.startswith("calibration: ") for line in lines)
+    assert "imp.err" in next(line for line in lines if "blk.0.attn_q.weight" in line)
+    assert "quantizer imatrix" in lines[-1]
+
+
+def test_unknown_quantizer(capsys, tiny_checkpoint, tmp_path):
+    code, _, err = run_cli(capsys, tiny_checkpoint, "-o", tmp_path / "x.gguf", "--type", "q4_0", "--quantizer", "awq")
+    assert code == 1 and list(tmp_path.iterdir()) == []
+    assert err.strip() == "edgegemma convert: error: unknown --quantizer 'awq'; valid: ggml, search, imatrix"
+
+
 def test_norms_are_stored_plus_one(tiny_checkpoint, tiny_gguf):
-    reader = gguf.GGUFReader(tiny_gguf("q4_0"))
+    reader = gguf.GGUFReader(tiny_gguf("q4_0", "ggml"))
     src = load_file(tiny_checkpoint / "model.safetensors")
     stored = {t.name: np.asarray(t.data) for t in reader.tensors}
     pairs = {"blk.0.attn_norm.weight": "layers.0.input_layernorm.weight",
@@ -141,7 +178,7 @@ def test_metadata(recipe, tiny_checkpoint, tiny_gguf):
     assert stored["fact_checking"] == "task: fact checking | query: "
     assert stored["code_retrieval"] == "task: code retrieval | query: "
     assert field(reader, F.KEY_RECIPE) == recipe
-    assert field(reader, F.KEY_QUANTIZER) == "ggml"
+    assert field(reader, F.KEY_QUANTIZER) == ("imatrix" if recipe in BLOCK_RECIPES else "ggml")
     assert field(reader, F.KEY_CONVERTER_VERSION)
     model = reader.get_field(F.KEY_TOKENIZER_MODEL)
     assert model.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT8]
@@ -180,14 +217,14 @@ def test_tokenizer_keys(tiny_checkpoint, tiny_gguf):
 
 
 def test_report_lines(tiny_gguf):
-    tiny_gguf("mixed")
-    lines = tiny_gguf.lines["mixed"]
+    tiny_gguf("mixed", "ggml")
+    lines = tiny_gguf.lines["mixed-ggml"]
     tensor_lines = lines[:-1]
     assert len(tensor_lines) == 82
     assert "blk.0.attn_q.weight" in tensor_lines[2] and "q8_0" in tensor_lines[2] and "rel.rms.err" in tensor_lines[2]
     assert "token_embd.weight" in tensor_lines[0] and "q4_0" in tensor_lines[0] and "{64, 384}" in tensor_lines[0]
     assert lines[-1].startswith("wrote ") and " MiB" in lines[-1]
-    reports = {r.name: r for r in tiny_gguf.reports["mixed"]}
+    reports = {r.name: r for r in tiny_gguf.reports["mixed-ggml"]}
     assert reports["blk.0.attn_norm.weight"].rel_rms_error == 0.0
     assert 0.05 < reports["blk.0.ffn_up.weight"].rel_rms_error < 0.12
     assert 0.001 < reports["blk.0.attn_v.weight"].rel_rms_error < 0.01
@@ -279,7 +316,7 @@ def test_other_architecture(capsys, ckpt, tmp_path):
 def test_unknown_type(capsys, tiny_checkpoint, tmp_path):
     code, _, err = run_cli(capsys, tiny_checkpoint, "-o", tmp_path / "x.gguf", "--type", "q5_k")
     assert code == 1 and list(tmp_path.iterdir()) == []
-    assert err.strip() == "edgegemma convert: error: unknown --type 'q5_k'; valid types: f32, f16, bf16, q8_0, q4_0, mixed"
+    assert err.strip() == "edgegemma convert: error: unknown --type 'q5_k'; valid types: f32, f16, bf16, q8_0, q4_0, mixed, e4_q8"
 
 
 @pytest.mark.parametrize("file", ["model.safetensors", "2_Dense/model.safetensors"])
@@ -348,11 +385,11 @@ def test_interrupted_conversion_leaves_nothing(tiny_checkpoint, tmp_path, monkey
     calls = []
     real_pack = converter_writer.pack
 
-    def pack_then_fail(x, qt):
+    def pack_then_fail(x, qt, *args):
         calls.append(1)
         if len(calls) == 20:  # midway through the tensors: the header and some weights are on disk
             raise exc("stop")
-        return real_pack(x, qt)
+        return real_pack(x, qt, *args)
 
     monkeypatch.setattr(converter_writer, "pack", pack_then_fail)
     with pytest.raises(exc):
@@ -362,7 +399,7 @@ def test_interrupted_conversion_leaves_nothing(tiny_checkpoint, tmp_path, monkey
 
 
 def test_interrupted_cli_exits_130(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    def interrupt(x, qt):
+    def interrupt(x, qt, *args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(converter_writer, "pack", interrupt)
@@ -371,7 +408,7 @@ def test_interrupted_cli_exits_130(tiny_checkpoint, tmp_path, monkeypatch, capsy
 
 
 def test_disk_full_is_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    def full(x, qt):
+    def full(x, qt, *args):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(converter_writer, "pack", full)
@@ -394,7 +431,8 @@ def test_python_dash_m_converter(tiny_checkpoint, tmp_path):
 
 # --- the real checkpoint ----------------------------------------------------------------
 
-REAL_SIZE_MIB = {"f32": (1150, 1220), "f16": (580, 620), "bf16": (580, 620), "q8_0": (310, 335), "q4_0": (165, 185), "mixed": (185, 205)}
+REAL_SIZE_MIB = {"f32": (1150, 1220), "f16": (580, 620), "bf16": (580, 620), "q8_0": (310, 335), "q4_0": (165, 185), "mixed": (185, 205),
+                 "e4_q8": (205, 235)}
 
 
 @pytest.mark.parametrize("recipe", RECIPE_NAMES)

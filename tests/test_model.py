@@ -44,11 +44,12 @@ def test_trace_names_every_step(tiny):
     model, _ = tiny
     seen = model.trace("hello world")
     layers = model.config.num_hidden_layers
-    assert list(seen) == ["embeddings", *[f"blk.{i}" for i in range(layers)], "output_norm", "pooled", "dense"]
+    block = lambda i: [f"blk.{i}.attn_norm", f"blk.{i}.attn_out_in", f"blk.{i}.ffn_norm", f"blk.{i}.ffn_down_in", f"blk.{i}"]
+    assert list(seen) == ["embeddings", *[n for i in range(layers) for n in block(i)], "output_norm", "pooled", "dense_2", "dense"]
     assert seen["embeddings"].shape == (len(model.tokenize(["hello world"])[0]), model.config.hidden_size)
 
 
-@pytest.mark.parametrize("recipe", ["f16", "bf16", "q8_0", "q4_0", "mixed"])
+@pytest.mark.parametrize("recipe", ["f16", "bf16", "q8_0", "q4_0", "mixed", "e4_q8"])
 def test_every_recipe_runs_close_to_f32(recipe, tiny, tiny_gguf):
     model, _ = tiny
     quantized = edgegemma.load(tiny_gguf(recipe))

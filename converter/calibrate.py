@@ -1,0 +1,206 @@
+"""Calibration: how much each input column of each linear layer matters, from the float model.
+
+The `search` quantizer weights each value's error by importance[column] = E[x_column²], the mean
+square of that column of the layer's input over a calibration set (llama.cpp's importance
+matrix, diagonal). To get it we convert the checkpoint to a temporary F32 GGUF, run edgegemma
+on the calibration texts and read the inputs of the linear layers from the forward pass's trace:
+
+    blk.N.attn_norm    -> attn_q, attn_k, attn_v      blk.N.ffn_norm    -> ffn_gate, ffn_up
+    blk.N.attn_out_in  -> attn_output                 blk.N.ffn_down_in -> ffn_down
+    pooled             -> dense_2                     dense_2           -> dense_3
+
+The embedding table gets no importance: a row is looked up, not multiplied, so every column
+counts alike, and a row weight (token frequency) would not change the scale a per-block search
+picks for that row's blocks. Its blocks get the unweighted search.
+
+The calibration texts are assembled here, from what every Python install has (standard-library
+source and docstrings, the licence text), plus short passages in twelve languages written for
+this file and a few prompts; none of them is one of the reference texts. About 6,000 tokens:
+a minute or two of float forward passes on two cores. The result is cached in the user's cache
+($EDGEGEMMA_HOME/calibration/<key>.npz), keyed by the checkpoint's size, a hash of its first
+and last megabytes and the calibration texts, so repeated conversions skip it.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgegemma import formats as F
+
+CALIBRATION_VERSION = 1
+
+# Trace point -> the weights that take it as input.
+INPUTS: dict[str, tuple[str, ...]] = {
+    "blk.{bid}.attn_norm": (F.ATTN_Q, F.ATTN_K, F.ATTN_V),
+    "blk.{bid}.attn_out_in": (F.ATTN_OUT,),
+    "blk.{bid}.ffn_norm": (F.FFN_GATE, F.FFN_UP),
+    "blk.{bid}.ffn_down_in": (F.FFN_DOWN,),
+    "pooled": (F.DENSE_2,),
+    "dense_2": (F.DENSE_3,),
+}
+
+MULTILINGUAL = [
+    "The river rose overnight after three days of rain, and by morning the old bridge was closed to traffic.",
+    "Der Zug nach München hatte wegen einer Signalstörung fast eine Stunde Verspätung, also tranken wir Kaffee am Bahnsteig.",
+    "La biblioteca municipal amplió su horario durante los exámenes y ahora abre también los domingos por la tarde.",
+    "Le boulanger du quartier prépare chaque matin des croissants au beurre et une baguette à l'ancienne.",
+    "Il museo ha restaurato un affresco del Quattrocento che era rimasto nascosto sotto uno strato di intonaco.",
+    "A cooperativa agrícola começou a vender café diretamente aos consumidores pela internet.",
+    "Вчера в горах выпал первый снег, и туристические тропы временно закрыли для посетителей.",
+    "山田さんは毎朝六時に起きて、近くの公園を三十分ほど散歩してから仕事に出かけます。",
+    "这家小餐馆的牛肉面很有名，每天中午门口都排着长队。",
+    "서울의 지하철은 깨끗하고 빠르며, 대부분의 역에 영어 안내가 있습니다.",
+    "تم افتتاح مكتبة جديدة في وسط المدينة تضم أكثر من مئة ألف كتاب باللغات المختلفة.",
+    "मानसून की पहली बारिश के बाद किसानों ने धान की रोपाई शुरू कर दी है।",
+    "Yeni açılan müze, şehrin Osmanlı dönemine ait fotoğraflarını ve belgelerini sergiliyor.",
+    "De gemeente plant langs het kanaal honderd nieuwe bomen om de straten koeler te houden in de zomer.",
+    "Hur lång tid tar det att cykla runt sjön om man stannar för att fika på vägen?",
+    "Czy ktoś wie, gdzie można naprawić stary zegar z kukułką w okolicach Krakowa?",
+    "Nhà hàng này phục vụ phở bò từ sáu giờ sáng, nhưng thường hết trước buổi trưa.",
+    "Ο καιρός αύριο θα είναι ηλιόλουστος με θερμοκρασίες έως είκοσι οκτώ βαθμούς.",
+    "what is the fastest way to convert a csv file with two million rows into parquet",
+    "best hiking boots for wide feet under 150 dollars",
+    "Quels sont les horaires d'ouverture de la piscine pendant les vacances scolaires ?",
+    "¿Cuántos años tiene que tener un perro para empezar a correr con su dueño?",
+]
+
+SNIPPETS = [  # code that is not Python, written for this file
+    "SELECT region, date_trunc('month', sold_at) AS month, SUM(amount) FROM sales\n"
+    "WHERE sold_at >= now() - interval '1 year' GROUP BY 1, 2 ORDER BY 1, 2;",
+    "#!/bin/sh\nfor host in $(cat hosts.txt); do\n  ssh \"$host\" 'df -h / | tail -1' || echo \"$host unreachable\"\ndone",
+    "function groupBy(items, key) {\n  return items.reduce((acc, item) => {\n    (acc[item[key]] ||= []).push(item);\n"
+    "    return acc;\n  }, {});\n}",
+    "impl Iterator for Fib {\n    type Item = u64;\n    fn next(&mut self) -> Option<u64> {\n"
+    "        let r = self.a;\n        self.a = self.b;\n        self.b += r;\n        Some(r)\n    }\n}",
+    "2024-03-02T11:04:51Z INFO  worker-3 job=8812 status=ok duration_ms=412\n" * 12,  # repetitive, as logs are
+]
+
+
+def _stdlib_texts() -> list[str]:
+    """Standard-library code and docstrings: the same on every install of one Python version."""
+    import collections
+    import heapq
+    import shlex
+    import string
+    import textwrap
+
+    texts = []
+    for mod, length in ((heapq, 2400), (shlex, 1600), (textwrap, 1600)):
+        src = inspect.getsource(mod)
+        start = src.find("\ndef ")
+        texts.append(src[start + 1:start + 1 + length])
+    for obj in (collections.OrderedDict, collections.Counter.most_common, string.Formatter, heapq.merge,
+                textwrap.dedent, shlex.split):
+        doc = inspect.getdoc(obj)
+        if doc:
+            texts.append(doc[:1200])
+    if heapq.__doc__:
+        texts.append(heapq.__doc__)  # a long document: the heap-queue essay, ~1,500 tokens
+    return texts
+
+
+def calibration_texts() -> list[str]:
+    return MULTILINGUAL + SNIPPETS + _stdlib_texts()
+
+
+class Statistics:
+    """Running Σ x² per column and the row count, for every trace point in INPUTS."""
+
+    def __init__(self):
+        self.sum_sq: dict[str, np.ndarray] = {}
+        self.rows: dict[str, int] = {}
+
+    def __call__(self, name: str, value: np.ndarray) -> None:
+        if not (name in INPUTS or (name.startswith("blk.") and name.count(".") == 2)):
+            return
+        v = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
+        self.sum_sq[name] = self.sum_sq.get(name, 0) + np.einsum("ij,ij->j", v, v)
+        self.rows[name] = self.rows.get(name, 0) + v.shape[0]
+
+    def importance(self, n_layers: int) -> dict[str, np.ndarray]:
+        """GGUF tensor name -> E[x²] per input column, float32."""
+        out = {}
+        for point, kinds in INPUTS.items():
+            for layer in (range(n_layers) if "{bid}" in point else [None]):
+                name = point.format(bid=layer) if layer is not None else point
+                if name not in self.sum_sq:
+                    raise RuntimeError(f"calibration: the forward pass reported no {name!r}")
+                mean_sq = (self.sum_sq[name] / self.rows[name]).astype(np.float32)
+                for kind in kinds:
+                    out[F.tensor_name(kind, layer)] = mean_sq
+        return out
+
+
+def collect(gguf_path: str | Path, texts: list[str], report: Callable[[str], None] = print,
+            batch_tokens: int = 1024) -> dict[str, np.ndarray]:
+    """Run the float model in `gguf_path` over `texts` (prompts in turn) and return the importance per tensor."""
+    import edgegemma
+
+    model = edgegemma.load(gguf_path)
+    prompts = list(model.prompts.values()) or [""]
+    ids = [model.tokenizer.encode(prompts[i % len(prompts)] + t) for i, t in enumerate(texts)]
+    stats = Statistics()
+    started, done = time.perf_counter(), 0
+    batch: list[list[int]] = []
+    for seq in sorted(ids, key=len) + [None]:  # None flushes the last batch
+        if seq is not None and (not batch or sum(map(len, batch)) + len(seq) <= batch_tokens):
+            batch.append(seq)
+            continue
+        model.model.forward(batch, trace=stats)
+        done += sum(map(len, batch))
+        batch = [seq] if seq is not None else []
+    report(f"calibration: {len(texts)} texts, {done} tokens through the float model in {time.perf_counter() - started:.1f} s")
+    return stats.importance(model.config.num_hidden_layers)
+
+
+def cache_key(src: Path, texts: list[str]) -> str:
+    """The checkpoint's weights file (size, first and last MiB) and the calibration texts."""
+    h = hashlib.sha256(f"v{CALIBRATION_VERSION}".encode())
+    for f in sorted(Path(src).glob("**/model.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(src)}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()[:24]
+
+
+def cache_dir() -> Path:
+    from edgegemma import cache
+
+    return cache.home() / "calibration"
+
+
+def importance(src: str | Path, report: Callable[[str], None] = print, use_cache: bool = True) -> dict[str, np.ndarray]:
+    """Importance per weight tensor of the checkpoint folder `src`, from the cache or computed now."""
+    from .writer import convert
+
+    src = Path(src)
+    texts = calibration_texts()
+    path = cache_dir() / f"{cache_key(src, texts)}.npz"
+    if use_cache and path.is_file():
+        with np.load(path) as data:
+            report(f"calibration: using cached statistics {path}")
+            return {k: data[k] for k in data.files}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgegemma-calibrate-") as tmp:
+        f32 = Path(tmp) / "f32.gguf"
+        convert(src, f32, "f32", quantizer="ggml", report=lambda line: None)
+        report(f"calibration: float model written in {time.perf_counter() - started:.1f} s")
+        result = collect(f32, texts, report)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+        np.savez(tmp_path, **result)
+        os.replace(tmp_path, path)
+    return result
