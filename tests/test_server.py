@@ -82,7 +82,8 @@ class ServerProcess:
         return self.request("POST", "/v1/embeddings", body, {"Content-Type": "application/json"}, **kw)
 
     def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        status = Path(f"/proc/{self.proc.pid}/status")  # Linux only; elsewhere the figure is just not reported
+        for line in (status.read_text().splitlines() if status.exists() else []):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
