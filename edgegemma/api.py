@@ -158,6 +158,13 @@ def _check_text(text, index: int) -> str:
     return text
 
 
-def load(path: str | os.PathLike) -> SentenceEncoder:
-    """Open an edgegemma/llama.cpp GGUF file of EmbeddingGemma; weights stay memory-mapped."""
+def load(path: str | os.PathLike | None = None) -> SentenceEncoder:
+    """Open an edgegemma/llama.cpp GGUF file of EmbeddingGemma; weights stay memory-mapped.
+    Without a path: the default model that `edgegemma pull` put in the cache."""
+    if path is None:
+        from .cache import default_model, home
+
+        path = default_model()
+        if path is None:
+            raise ModelFileError(f"no default model in {home()}: run `edgegemma pull` or pass a .gguf path")
     return SentenceEncoder(path)

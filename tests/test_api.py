@@ -158,3 +158,13 @@ def test_wrong_tensor_shape_is_named(tmp_path, tiny_gguf):
     _rewrite(tiny_gguf("q8_0"), tmp_path / "shape.gguf", shrink)
     with pytest.raises(ModelFileError, match=r"blk\.1\.ffn_up\.weight has shape \(32, 64\), expected \(96, 64\)"):
         edgegemma.load(tmp_path / "shape.gguf")
+
+
+def test_load_without_a_path_opens_the_default_model(tmp_path, monkeypatch, tiny_gguf):
+    from edgegemma import cache
+
+    monkeypatch.setenv("EDGEGEMMA_HOME", str(tmp_path))
+    with pytest.raises(ModelFileError, match="no default model.*edgegemma pull"):
+        edgegemma.load()
+    cache.set_default(tiny_gguf("q8_0"))
+    assert edgegemma.load().path == tiny_gguf("q8_0").resolve()
