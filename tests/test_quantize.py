@@ -227,3 +227,17 @@ def test_bad_quantizer_or_importance_named():
         Q.pack(x, qt, "awq")
     with pytest.raises(ValueError, match=r"importance has shape \(32,\), expected \(64,\)"):
         Q.pack(x, qt, "search", np.ones(32, np.float32))
+
+
+@pytest.mark.skipif(Q._search_compiled is None, reason="Numba not installed: only the numpy search runs")
+def test_numba_search_matches_the_numpy_search():
+    """The compiled loop and the numpy oracle search the same candidates; their errors agree to 1 %."""
+    x = np.random.default_rng(11).standard_t(4, size=(128, 256)).astype(np.float32)
+    blocks = x.reshape(-1, 32)
+    w = Q.block_weights(blocks, None)
+    for targets, lo, hi, ggml, levels in ((Q._Q4_0_TARGETS, -8, 7, Q.ggml_scales_q4_0, Q.q4_0_levels),
+                                          (Q._Q8_0_TARGETS, -127, 127, Q.ggml_scales_q8_0, Q.q8_0_levels)):
+        fast = Q._search_fast(blocks, w, targets, lo, hi, ggml(blocks), levels)
+        slow = Q._search(blocks, w, targets, lo, hi, ggml(blocks), levels)
+        e_fast, e_slow = (Q.weighted_error(blocks, w, d, levels).sum() for d in (fast, slow))
+        assert abs(e_fast - e_slow) <= 0.01 * e_slow
