@@ -98,8 +98,10 @@ def llama_repack_pattern(path) -> str | None:
     """A regex of the block weights llama.cpp may repack (its CPU_REPACK buffer: Q4_0 here), or None."""
     import gguf
 
-    kinds = sorted({t.name.split(".", 2)[2] for t in gguf.GGUFReader(path).tensors
-                    if t.name.startswith("blk.") and t.tensor_type == gguf.GGMLQuantizationType.Q4_0})
+    from edgegemma.gguf_file import GGUFFile  # gguf.GGUFReader takes a minute over the 262k-token vocabulary
+
+    kinds = sorted({name.split(".", 2)[2] for name, t in GGUFFile(path).tensors.items()
+                    if name.startswith("blk.") and t.ggml_type == gguf.GGMLQuantizationType.Q4_0})
     return r"^blk\.\d+\.(" + "|".join(k.replace(".", r"\.") for k in kinds) + ")$" if kinds else None
 
 
