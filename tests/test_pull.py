@@ -47,11 +47,11 @@ def test_pull_from_a_checkpoint_folder(capsys, home, tiny_checkpoint, tiny_gguf)
     np.testing.assert_allclose(edgegemma.load(target).encode(texts), edgegemma.load(tiny_gguf("q8_0")).encode(texts), atol=1e-6)
 
 
-def test_default_type_is_mixed(capsys, home, tiny_checkpoint):
+def test_default_type_is_e4_q8(capsys, home, tiny_checkpoint):
     code, out, err = run(capsys, tiny_checkpoint)
     assert code == 0, err
-    assert Path(out.strip()).name == "embeddinggemma-300m-mixed.gguf"
-    assert edgegemma.load(out.strip()).recipe == "mixed"
+    assert Path(out.strip()).name == "embeddinggemma-300m-e4_q8.gguf"
+    assert edgegemma.load(out.strip()).recipe == "e4_q8"
 
 
 def test_pull_from_a_gguf_file_copies_it_and_makes_it_the_default(capsys, home, tiny_gguf):
