@@ -314,7 +314,7 @@ def main(argv=None) -> dict:
     repack = {} if args.no_llama_repack else {
         s.qtype: llama_repack_pattern(files[s.qtype]) for s in runnable if s.family == "llama.cpp"}
     run = Runner(tmp, files, hf, work_file, latency_calls, args.timeout, not args.quiet, repack)
-    started = time.time()
+    started, git_start, load_start = time.time(), _git(), _load()
 
     if args.profile:
         if not runnable:
@@ -367,7 +367,7 @@ def main(argv=None) -> dict:
             "llama_repack": repack,
             "method": f"each system in a fresh process per round, order rotated between rounds; best of {repeats} "
                       "round(s) for throughput, latency (median of the calls) and cold start; peak RSS the max",
-            "load_average_start": _load(),
+            "load_average_start": load_start, "git": git_start,
         },
         "workloads": {
             "reference": {"folder": str(ref_dir), "texts": len(ref_texts), "tokens": sum(tokens["reference"]),
@@ -428,9 +428,11 @@ def main(argv=None) -> dict:
 
 def render(report: dict) -> str:
     m, w = report["meta"], report["workloads"]
+    g = m.get("git", {})
     lines = [
-        f"edgegemma bench, {m['date']} on {m['machine']} ({m['threads']} threads every system; "
-        f"load average {m['load_average_start']} at start, {m.get('load_average_end')} at end)",
+        f"edgegemma bench, {m['date']} ({m['duration_s'] / 60:.0f} min) on {m['machine']} ({m['threads']} threads every "
+        f"system; load average {m['load_average_start']} at start, {m.get('load_average_end')} at end)",
+        f"code: commit {g.get('commit', '?')}" + (f" with local changes to {', '.join(g['modified'])}" if g.get("modified") else ""),
         f"work: reference {w['reference']['texts']} texts / {w['reference']['tokens']} tokens (document mode, longest "
         f"{w['reference']['max_tokens']}); synthetic {w['synthetic']['texts']} texts / {w['synthetic']['tokens']} tokens; "
         f"query {w['query']['tokens']} tokens, median of {m['latency_calls']} calls",
@@ -467,6 +469,17 @@ def _machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} cores{', ' + flags if flags else ''}"
+
+
+def _git() -> dict:
+    """The commit measured, and which source files differed from it (others may be editing kernels/ meanwhile)."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "modified": dirty}
 
 
 def _load() -> str:
