@@ -1,8 +1,13 @@
-"""Matrix kernels over ggml block formats (F32, F16, BF16, Q8_0, Q4_0). They know block formats, not models.
+"""Kernels over ggml block formats (F32, F16, BF16, Q8_0, Q4_0), and the few generic array ops a transformer
+needs besides. They know block formats and array shapes, not models.
 
     matmul(x, w, qtype)               x (n, k) float32 @ W.T -> (n, rows) float32
     dequantize_rows(w, qtype, ids)    rows `ids` of W as float32 (len(ids), k): embedding lookup
     dequantize(w, qtype)              all of W as float32 (rows, k): small tensors and tests
+    rms_norm(x, weight, eps)          x / sqrt(mean(x^2, last axis) + eps) * weight
+    gelu_tanh(x)                      0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    rope(x, cos, sin)                 x (tokens, heads, d) rotated, halves paired (x1 c - x2 s, x2 c + x1 s)
+    attention(q, k, v, scale, radius) softmax attention of one sequence, grouped heads, optional band |i-j|<=radius
 
 `w` is the weight as the GGUF file stores it: a C-contiguous uint8 array (rows, row_bytes), usually a read-only
 memory map; `qtype` a GGML type id. Two backends give the same answers: "numpy" (the oracle; Pyodide) and
@@ -45,5 +50,10 @@ BACKEND, _backend = _choose_backend()
 matmul = _backend.matmul
 dequantize_rows = _backend.dequantize_rows
 dequantize = _backend.dequantize
+rms_norm = _backend.rms_norm
+gelu_tanh = _backend.gelu_tanh
+rope = _backend.rope
+attention = _backend.attention
 
-__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "dequantize_rows", "dequantize"]
+__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "dequantize_rows", "dequantize", "rms_norm",
+           "gelu_tanh", "rope", "attention"]

@@ -1,23 +1,26 @@
-"""The Numba kernels: the same three functions as numpy_backend, compiled.
+"""The Numba kernels: the same functions as numpy_backend, compiled.
 
 Per type there is only a row decoder (`_decode_q8_0(src, dst)` ...: one stored row -> float32, bit-exact with
-gguf.quants) and one function mapping type ids to them (`_decode_row`). Everything else is generic and built per
-type by `_build_float_kernels`. matmul has two designs and picks by batch size (DIRECT_MAX_N says why):
-  direct  - each thread decodes four W rows into L1 and multiplies every token by them (`_dot_rows`)
-  tile    - decode a tile of W rows into a reusable float32 scratch, BLAS multiplies the batch by it
-No integer (int8-activation) path yet. What was tried: through Numba, LLVM 22 turns an i8 x i8 -> i32 sum over a
-loop of run-time length into vpmaddwd (s8 x s8) or vpdpwssd (u8 x s8), never vpdpbusd (it picked 256-bit
-vectors, 8 lanes, too narrow for its VPDPBUSD rewrite); a loop of constant length 32 is unrolled and left
-scalar. A ggml-style per-block kernel built that way ran at ~4 GFLOP/s against the direct kernel's ~45 (n=16),
-with 5e-3 (normal) to 9e-3 (heavy-tailed) relative error from quantizing activations. Doing better needs
-explicit vectors (an @intrinsic emitting llvm.x86.avx512.vpdpbusd with a generic fallback); even then every
-(token, row, block) costs a convert, a multiply and an FMA on top of the dot product, so on this core the gain
-over float FMA is in bytes moved, not arithmetic.
+gguf.quants) and one function mapping type ids to them (`_decode_row`). Everything else is generic: matmul is
+built per type by `_build_matmul` from the decoder and one float micro-kernel (`_dot_4x6`).
+
+matmul, one design for every batch size (the numbers are in MATMUL_DESIGN below): a task is a panel of 32 rows
+of W and a chunk of up to ~264 tokens; the thread that claims it decodes the panel into a 96 KiB float32 scratch
+(L2-resident, never a copy of the whole weight) and multiplies the chunk's tokens by it, four rows by six tokens
+at a time. Threads claim tasks from a shared counter until none are left, so a thread the OS descheduled costs
+at most one task, not half the work; no BLAS, so no second thread pool.
+
+No integer (int8-activation) path. What was tried: through Numba, LLVM turns an i8 x i8 -> i32 sum over a loop
+of run-time length into vpmaddwd or vpdpwssd, never vpdpbusd; a ggml-style per-block kernel built that way ran
+at ~4 GFLOP/s against the float kernel's ~45 (n=16, before 512-bit vectors), with 5e-3 (normal) to 9e-3
+(heavy-tailed) relative error from quantizing activations -- more than the accuracy bars leave room for (Q8_0's
+reference min cosine is 0.9980 against a 0.998 bar). Doing better needs explicit vectors (an @intrinsic emitting
+llvm.x86.avx512.vpdpbusd with a generic fallback) and a looser numba-vs-numpy tolerance.
 """
 from __future__ import annotations
 
-import functools
 import os
+import platform
 
 # Numba's OpenMP threads spin for milliseconds after each parallel kernel, and OpenBLAS's threads spin after each
 # BLAS call. On two cores the spinners steal the cores the other pool needs: measured here, a 16-token Q8_0
@@ -25,9 +28,34 @@ import os
 # Set before Numba starts its thread pool (at the first parallel launch); a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+def _allow_512_bit_vectors():
+    """Let LLVM vectorize with 512-bit registers on AVX-512 CPUs.
+
+    LLVM tunes Skylake-X and later Intel cores for 256-bit vectors ("prefer-256-bit"), so the loops below came
+    out as ymm code: half the FMA width. Measured here (Xeon, AVX-512), the 4x6 micro-kernel with its data in
+    L1: 58-68 GFLOP per CPU-second with ymm, 117-129 with zmm (OpenBLAS's sgemm: 103-110). Numba has one knob
+    for this, NUMBA_CPU_FEATURES (read when it compiles, and part of its cache key): the host's features plus
+    "-prefer-256-bit". It applies to every Numba function this process compiles; a value or CPU name the user
+    set wins, and on a CPU without AVX-512 nothing changes."""
+    if "NUMBA_CPU_FEATURES" in os.environ or "NUMBA_CPU_NAME" in os.environ:
+        return
+    try:
+        import llvmlite.binding as llvm
+
+        features = llvm.get_host_cpu_features().flatten()
+    except Exception:  # llvmlite cannot query this host: leave Numba's defaults
+        return
+    if "+avx512f" in features.split(","):
+        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+
+
+_allow_512_bit_vectors()
+
 import numpy as np
 import numba
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 from llvmlite import ir
 
@@ -40,10 +68,13 @@ _cache_ok = True
 
 
 def _jit(signature, **options):
-    """numba.njit with `cache=True`, quietly without the disk cache when no cache folder is writable."""
+    """numba.njit with `cache=True`, quietly without the disk cache when no folder is writable. Kernels release
+    the GIL, and divide as numpy does (x / 0 is inf, not an exception: the check would stop LLVM vectorizing)."""
 
     def wrap(func):
         global _cache_ok
+        options.setdefault("nogil", True)
+        options.setdefault("error_model", "numpy")
         if _cache_ok:
             try:
                 return numba.njit(signature, cache=True, **options)(func)
@@ -60,14 +91,33 @@ f32_row = types.float32[::1]
 f32_rows = types.float32[:, ::1]
 f32_rows_ro = types.Array(types.float32, 2, "C", readonly=True)
 i64_vec = types.Array(types.int64, 1, "C", readonly=True)
+i64_counter = types.int64[::1]
+FAST = {"reassoc", "contract"}  # sums may be reordered (vectorized), a*b+c fused: the float32 error bound holds
 
 # ---------------------------------------------------------------------------------------------------------------
-# Bits -> float32. Numba has no float16 arithmetic, so halves are decoded with integer ops and one bitcast.
+# Bits -> float32.
+
+_HARDWARE_HALF = platform.machine().lower() in ("aarch64", "arm64") or "+f16c" in os.environ.get("NUMBA_CPU_FEATURES", "")
+if not _HARDWARE_HALF and platform.machine().lower() in ("x86_64", "amd64"):
+    try:
+        import llvmlite.binding as _llvm
+
+        _HARDWARE_HALF = "+f16c" in _llvm.get_host_cpu_features().flatten().split(",")
+    except Exception:
+        pass
 
 if numba.config.DISABLE_JIT:
 
     def _f32_from_bits(u):
         return np.uint32(u & 0xFFFFFFFF).view(np.float32)
+
+    def _half_from_bits(h):
+        return np.float32(np.uint16(h).view(np.float16))
+
+    def _claim(counter):
+        task = counter[0]
+        counter[0] += 1
+        return task
 
 else:
 
@@ -85,19 +135,47 @@ else:
 
         return types.float32(u), codegen
 
+    @intrinsic
+    def _half_from_bits(typingctx, h):
+        """The IEEE half with bit pattern h (uint16) as float32, by the CPU's own conversion (vcvtph2ps on x86
+        with F16C, fcvt on ARM): exact for every half, except that a signalling NaN comes out quiet."""
+        if not isinstance(h, types.Integer) or h.bitwidth != 16:
+            return None
 
-@_jit(types.float32(types.uint8, types.uint8))
-def _f16(lo, hi):
-    """IEEE half (little-endian bytes lo, hi) -> float32, exactly, including subnormals, inf and nan."""
-    h = np.uint32(lo) | (np.uint32(hi) << np.uint32(8))
-    magnitude = h & np.uint32(0x7FFF)
+        def codegen(context, builder, signature, args):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+        return types.float32(h), codegen
+
+    @intrinsic
+    def _claim(typingctx, counter):
+        """counter[0] += 1, atomically; returns the value before. How threads share out a kernel's tasks."""
+        if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+            return None
+
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            return builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+        return types.int64(counter), codegen
+
+
+@_jit(types.float32(types.uint16))
+def _half(h):
+    """IEEE half (bit pattern h) -> float32. Half-to-float is ~1.7x faster as the CPU's conversion instruction
+    than as integer arithmetic (Q8_0 rows decoded: 4.3 Gvalues/s against 2.5); the integer path is kept for
+    x86 CPUs without F16C, where LLVM would call a library routine Numba may not find. Both are exact,
+    including subnormals and infinities; NaN payloads are kept, signalling NaNs quieted by the hardware."""
+    if _HARDWARE_HALF:
+        return _half_from_bits(h)
+    magnitude = np.uint32(h) & np.uint32(0x7FFF)
     if magnitude < np.uint32(0x0400):  # zero or subnormal: m * 2^-24
         v = np.float32(magnitude) * np.float32(5.9604644775390625e-08)
     elif magnitude < np.uint32(0x7C00):  # normal: rebias the exponent by 127 - 15 = 112
         v = _f32_from_bits((magnitude << np.uint32(13)) + np.uint32(112 << 23))
     else:  # inf / nan, payload kept
         v = _f32_from_bits((magnitude << np.uint32(13)) | np.uint32(0x7F800000))
-    return -v if h & np.uint32(0x8000) else v
+    return -v if np.uint32(h) & np.uint32(0x8000) else v
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,27 +187,25 @@ _decoder_sig = types.void(u8_row, f32_row)
 @_jit(_decoder_sig)
 def _decode_f32(src, dst):
     """4 bytes per value, little-endian float32."""
+    values = src.view(np.float32)
     for i in range(dst.size):
-        dst[i] = _f32_from_bits(
-            np.uint32(src[4 * i])
-            | (np.uint32(src[4 * i + 1]) << np.uint32(8))
-            | (np.uint32(src[4 * i + 2]) << np.uint32(16))
-            | (np.uint32(src[4 * i + 3]) << np.uint32(24))
-        )
+        dst[i] = values[i]
 
 
 @_jit(_decoder_sig)
 def _decode_f16(src, dst):
     """2 bytes per value, IEEE half."""
+    halves = src.view(np.uint16)
     for i in range(dst.size):
-        dst[i] = _f16(src[2 * i], src[2 * i + 1])
+        dst[i] = _half(halves[i])
 
 
 @_jit(_decoder_sig)
 def _decode_bf16(src, dst):
     """2 bytes per value: the upper half of a float32."""
+    halves = src.view(np.uint16)
     for i in range(dst.size):
-        dst[i] = _f32_from_bits((np.uint32(src[2 * i]) << np.uint32(16)) | (np.uint32(src[2 * i + 1]) << np.uint32(24)))
+        dst[i] = _f32_from_bits(np.uint32(halves[i]) << np.uint32(16))
 
 
 # In the block decoders the block length comes from the array sizes, not the constant 32: with a constant, LLVM
@@ -142,13 +218,13 @@ def _decode_q8_0(src, dst):
     """34-byte blocks: f16 d, 32 int8 q; x[i] = d * q[i]."""
     n_blocks = src.size // 34
     block = dst.size // n_blocks if n_blocks else 32  # 32
+    scales = src.view(np.uint16)  # d of block b is half b * 17
     q = src.view(np.int8)
     for b in range(n_blocks):
-        d = _f16(src[34 * b], src[34 * b + 1])
-        qb = q[34 * b + 2 : 34 * b + 2 + block]
-        xb = dst[block * b : block * b + block]
+        d = _half(scales[17 * b])
+        first, out = 34 * b + 2, block * b
         for i in range(block):
-            xb[i] = d * np.float32(qb[i])
+            dst[out + i] = d * np.float32(q[first + i])
 
 
 @_jit(_decoder_sig)
@@ -156,21 +232,19 @@ def _decode_q4_0(src, dst):
     """18-byte blocks: f16 d, 16 bytes; byte j = q[j] | q[j+16] << 4; x[i] = (q[i] - 8) * d."""
     n_blocks = src.size // 18
     half = dst.size // n_blocks // 2 if n_blocks else 16  # 16
+    scales = src.view(np.uint16)  # d of block b is half b * 9
     for b in range(n_blocks):
-        d = _f16(src[18 * b], src[18 * b + 1])
-        qb = src[18 * b + 2 : 18 * b + 2 + half]
-        lo = dst[2 * half * b : 2 * half * b + half]
-        hi = dst[2 * half * b + half : 2 * half * (b + 1)]
+        d = _half(scales[9 * b])
+        first, out = 18 * b + 2, 2 * half * b
         for j in range(half):
-            byte = qb[j]  # q - 8 in float32 is exact, so the product is gguf's to the bit
-            lo[j] = d * (np.float32(np.int32(byte & np.uint8(15))) - np.float32(8.0))
-            hi[j] = d * (np.float32(np.int32(byte >> np.uint8(4))) - np.float32(8.0))
+            byte = src[first + j]  # q - 8 in float32 is exact, so the product is gguf's to the bit
+            dst[out + j] = d * (np.float32(np.uint8(byte & np.uint8(15))) - np.float32(8.0))
+            dst[out + half + j] = d * (np.float32(np.uint8(byte >> np.uint8(4))) - np.float32(8.0))
 
 
 @_jit(types.void(types.int64, u8_row, f32_row))
 def _decode_row(qtype, src, dst):
-    """The one place a type id picks its decoder. Kernels call it with qtype a compile-time constant, so after
-    inlining the branch folds away and each kernel holds only its own type's decoder."""
+    """The one place a type id picks its decoder: once per row of W, so the branch costs nothing measurable."""
     if qtype == Q8_0:
         _decode_q8_0(src, dst)
     elif qtype == Q4_0:
@@ -183,133 +257,321 @@ def _decode_row(qtype, src, dst):
         _decode_f32(src, dst)
 
 
-@_jit(types.void(f32_rows_ro, f32_rows, types.int64, types.int64, f32_rows), fastmath={"reassoc", "contract"})
-def _dot_rows(x, wbuf, nr, r, y):
-    """y[t, r + j] = x[t] . wbuf[j] for every token t and the nr <= 4 decoded rows in wbuf.
+# ---------------------------------------------------------------------------------------------------------------
+# The float micro-kernels: y[yt + a, yc + b] = sum_{i < k} x[t + a, xo + i] * w[r + b, wo + i], for a block of
+# tokens a and rows b. The offsets let attention use them on windows of its keys and values.
 
-    Four rows times four tokens at a time: sixteen running sums, so each value loaded feeds two FMAs (one load
-    per FMA would leave the FMA units half idle); LLVM vectorizes the loop over i, the sums become vectors."""
-    n, k = x.shape
-    t = 0
-    if nr == 4:
-        w0, w1, w2, w3 = wbuf[0], wbuf[1], wbuf[2], wbuf[3]
-        while t + 4 <= n:
-            x0, x1, x2, x3 = x[t], x[t + 1], x[t + 2], x[t + 3]
-            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
-            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
-            for i in range(k):
-                u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
-                v = x0[i]
-                a00 += v * u0
-                a01 += v * u1
-                a02 += v * u2
-                a03 += v * u3
-                v = x1[i]
-                a10 += v * u0
-                a11 += v * u1
-                a12 += v * u2
-                a13 += v * u3
-                v = x2[i]
-                a20 += v * u0
-                a21 += v * u1
-                a22 += v * u2
-                a23 += v * u3
-                v = x3[i]
-                a30 += v * u0
-                a31 += v * u1
-                a32 += v * u2
-                a33 += v * u3
-            y[t, r], y[t, r + 1], y[t, r + 2], y[t, r + 3] = a00, a01, a02, a03
-            y[t + 1, r], y[t + 1, r + 1], y[t + 1, r + 2], y[t + 1, r + 3] = a10, a11, a12, a13
-            y[t + 2, r], y[t + 2, r + 1], y[t + 2, r + 2], y[t + 2, r + 3] = a20, a21, a22, a23
-            y[t + 3, r], y[t + 3, r + 1], y[t + 3, r + 2], y[t + 3, r + 3] = a30, a31, a32, a33
-            t += 4
-        while t < n:  # the last tokens, one at a time against the four rows
-            xt = x[t]
-            a0 = a1 = a2 = a3 = np.float32(0.0)
-            for i in range(k):
-                v = xt[i]
-                a0 += v * w0[i]
-                a1 += v * w1[i]
-                a2 += v * w2[i]
-                a3 += v * w3[i]
-            y[t, r], y[t, r + 1], y[t, r + 2], y[t, r + 3] = a0, a1, a2, a3
-            t += 1
-    for j in range(nr if t < n else 0):  # fewer than four rows left: one row at a time
-        wj = wbuf[j]
-        for tt in range(t, n):
-            xt = x[tt]
-            a = np.float32(0.0)
-            for i in range(k):
-                a += xt[i] * wj[i]
-            y[tt, r + j] = a
+_micro_sig = types.void(f32_rows_ro, types.int64, types.int64, f32_rows_ro, types.int64, types.int64, types.int64,
+                        f32_rows, types.int64, types.int64)
+
+
+@_jit(_micro_sig, fastmath=FAST)
+def _dot_4x6(x, t, xo, w, r, wo, k, y, yt, yc):
+    """Four rows of W times six tokens: 24 running sums, each a vector over i, so ten loads feed 24 FMAs
+    (LLVM keeps the sums in 24 zmm registers; 4x4 left the load ports the bottleneck at 8 loads per 16 FMAs)."""
+    x0, x1, x2, x3, x4, x5 = x[t, xo:xo + k], x[t + 1, xo:xo + k], x[t + 2, xo:xo + k], x[t + 3, xo:xo + k], x[t + 4, xo:xo + k], x[t + 5, xo:xo + k]
+    w0, w1, w2, w3 = w[r, wo:wo + k], w[r + 1, wo:wo + k], w[r + 2, wo:wo + k], w[r + 3, wo:wo + k]
+    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = np.float32(0.0)
+    a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = np.float32(0.0)
+    a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = np.float32(0.0)
+    for i in range(k):
+        u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
+        v = x0[i]
+        a00 += v * u0
+        a01 += v * u1
+        a02 += v * u2
+        a03 += v * u3
+        v = x1[i]
+        a10 += v * u0
+        a11 += v * u1
+        a12 += v * u2
+        a13 += v * u3
+        v = x2[i]
+        a20 += v * u0
+        a21 += v * u1
+        a22 += v * u2
+        a23 += v * u3
+        v = x3[i]
+        a30 += v * u0
+        a31 += v * u1
+        a32 += v * u2
+        a33 += v * u3
+        v = x4[i]
+        a40 += v * u0
+        a41 += v * u1
+        a42 += v * u2
+        a43 += v * u3
+        v = x5[i]
+        a50 += v * u0
+        a51 += v * u1
+        a52 += v * u2
+        a53 += v * u3
+    c = yc
+    y[yt, c], y[yt, c + 1], y[yt, c + 2], y[yt, c + 3] = a00, a01, a02, a03
+    y[yt + 1, c], y[yt + 1, c + 1], y[yt + 1, c + 2], y[yt + 1, c + 3] = a10, a11, a12, a13
+    y[yt + 2, c], y[yt + 2, c + 1], y[yt + 2, c + 2], y[yt + 2, c + 3] = a20, a21, a22, a23
+    y[yt + 3, c], y[yt + 3, c + 1], y[yt + 3, c + 2], y[yt + 3, c + 3] = a30, a31, a32, a33
+    y[yt + 4, c], y[yt + 4, c + 1], y[yt + 4, c + 2], y[yt + 4, c + 3] = a40, a41, a42, a43
+    y[yt + 5, c], y[yt + 5, c + 1], y[yt + 5, c + 2], y[yt + 5, c + 3] = a50, a51, a52, a53
+
+
+@_jit(_micro_sig, fastmath=FAST)
+def _dot_4x1(x, t, xo, w, r, wo, k, y, yt, yc):
+    """Four rows of W times one token: the tokens left over after the blocks of six."""
+    x0 = x[t, xo:xo + k]
+    w0, w1, w2, w3 = w[r, wo:wo + k], w[r + 1, wo:wo + k], w[r + 2, wo:wo + k], w[r + 3, wo:wo + k]
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for i in range(k):
+        v = x0[i]
+        a0 += v * w0[i]
+        a1 += v * w1[i]
+        a2 += v * w2[i]
+        a3 += v * w3[i]
+    y[yt, yc], y[yt, yc + 1], y[yt, yc + 2], y[yt, yc + 3] = a0, a1, a2, a3
+
+
+@_jit(_micro_sig, fastmath=FAST)
+def _dot_1x1(x, t, xo, w, r, wo, k, y, yt, yc):
+    """One row of W times one token: the rows left over after the groups of four."""
+    x0, w0 = x[t, xo:xo + k], w[r, wo:wo + k]
+    a = np.float32(0.0)
+    for i in range(k):
+        a += x0[i] * w0[i]
+    y[yt, yc] = a
+
+
+@_jit(types.void(f32_rows_ro, types.int64, types.int64, types.int64, f32_rows_ro, types.int64, types.int64,
+                 types.int64, types.int64, f32_rows, types.int64, types.int64))
+def _multiply(x, t0, t1, xo, w, r0, r1, wo, k, y, yt0, yc0):
+    """y[yt0 + t - t0, yc0 + r - r0] = x[t, xo:xo + k] . w[r, wo:wo + k] for tokens t in [t0, t1) and rows r in
+    [r0, r1). Six tokens (18 KiB at k=768: in L1) meet each group of four rows in turn."""
+    t = t0
+    while t < t1:
+        six = t + 6 <= t1
+        r = r0
+        while r + 4 <= r1:
+            if six:
+                _dot_4x6(x, t, xo, w, r, wo, k, y, yt0 + t - t0, yc0 + r - r0)
+            else:
+                for tt in range(t, t1):
+                    _dot_4x1(x, tt, xo, w, r, wo, k, y, yt0 + tt - t0, yc0 + r - r0)
+            r += 4
+        while r < r1:
+            for tt in range(t, min(t + 6, t1)):
+                _dot_1x1(x, tt, xo, w, r, wo, k, y, yt0 + tt - t0, yc0 + r - r0)
+            r += 1
+        t = t + 6 if six else t1
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The generic part, built once per type. The factory closes over the type id (an int) rather than over a decoder
-# function: Numba pickles closure variables into the cache key, and a dispatcher pickles with a per-process uuid,
-# which made every import a cache miss (13 s of compiling); an int pickles the same in every process.
+# The outer-product micro-kernel, for larger batches: y[yt + a, yc:yc + NR] = x[t0 + a, :k] @ P for a < m, where
+# P (k, NR) is a panel of NR decoded rows of W stored transposed ("packed": the NR values of one column of W
+# side by side). Each step broadcasts one value of each of m tokens and multiplies it by the panel's two
+# vectors: 2m FMAs on registers, no horizontal sums, results stored as whole vectors. LLVM's loop vectorizer
+# cannot produce this from scalar loops (it vectorizes the dot-product form above, which ends every 4x6 block
+# in 24 horizontal sums and scalar stores), so the loop is written directly in LLVM vector IR; LLVM still picks
+# the instructions (vfmadd231ps zmm with a broadcast operand here; smaller vectors on other CPUs).
 
-ROWS_PER_TASK = 16  # rows of W one thread decodes in a row before taking the next chunk (direct kernel)
-
-
-def _build_float_kernels(qtype):
-    @_jit(types.void(u8_rows, i64_vec, f32_rows), parallel=True)
-    def decode_rows(w, ids, out):
-        """out[i] = row ids[i] of W, dequantized."""
-        for i in prange(ids.size):
-            _decode_row(qtype, w[ids[i]], out[i])
-
-    @_jit(types.void(u8_rows, types.int64, f32_rows))
-    def decode_tile(w, r0, out):
-        """out[i] = row r0 + i of W, dequantized (serial: BLAS owns the threads right after)."""
-        for i in range(out.shape[0]):
-            _decode_row(qtype, w[r0 + i], out[i])
-
-    @_jit(types.void(f32_rows_ro, u8_rows, f32_rows), parallel=True)
-    def matmul_direct(x, w, y):
-        """y[t, r] = sum_i x[t, i] * W[r, i] without BLAS: each thread decodes four rows of W at a time into a
-        small buffer that stays in L1 and multiplies every token by them (_dot_rows)."""
-        n, k = x.shape
-        rows = w.shape[0]
-        for task in prange((rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK):
-            buf = np.empty((4, k), np.float32)
-            end = min(rows, (task + 1) * ROWS_PER_TASK)
-            for r in range(task * ROWS_PER_TASK, end, 4):
-                nr = min(4, end - r)
-                for j in range(nr):
-                    _decode_row(qtype, w[r + j], buf[j])
-                _dot_rows(x, buf, nr, r, y)
-
-    return decode_rows, decode_tile, matmul_direct
+def _host_has(feature: str) -> bool:
+    return f"+{feature}" in os.environ.get("NUMBA_CPU_FEATURES", "").split(",") or _host_features_have(feature)
 
 
-@functools.cache
-def _kernels(qtype: int):
-    """A type's kernels, compiled (or loaded from the cache) the first time the type is used: a process that
-    only meets Q4_0 and F32 weights never pays for the others."""
-    return _build_float_kernels(qtype)
+def _host_features_have(feature: str) -> bool:
+    try:
+        import llvmlite.binding as llvm
+
+        return f"+{feature}" in llvm.get_host_cpu_features().flatten().split(",")
+    except Exception:
+        return False
+
+
+_WIDE = _host_has("avx512f")
+LANES = 16 if _WIDE else 8  # float32 lanes of one vector register
+NR = 2 * LANES  # rows of W per packed panel: two vectors
+MR = 12 if _WIDE else 6  # tokens per micro-tile: 2 * MR accumulators + 3 fit in 32 (16) vector registers
+
+
+if numba.config.DISABLE_JIT:
+
+    def _outer_tile(m, x, t0, packed, k, y, yt, yc):
+        y[yt:yt + m, yc:yc + NR] = x[t0:t0 + m, :k] @ packed[:k * NR].reshape(k, NR)
+
+else:
+
+    def _outer_tile_codegen(context, builder, signature, args):
+        x_type, _, packed_type, _, y_type, _, _ = signature.args[1:]
+        m, x, t0, packed, k, y, yt, yc = args
+        xa = context.make_array(x_type)(context, builder, x)
+        pa = context.make_array(packed_type)(context, builder, packed)
+        ya = context.make_array(y_type)(context, builder, y)
+        f32, i64, i8p = ir.FloatType(), ir.IntType(64), ir.IntType(8).as_pointer()
+        vec = ir.VectorType(f32, LANES)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32")
+        zero, undef = ir.Constant(vec, [0.0] * LANES), ir.Constant(vec, ir.Undefined)
+        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+        x_stride, y_stride = builder.extract_value(xa.strides, 0), builder.extract_value(ya.strides, 0)
+
+        def row(data, stride, index):  # float* to the start of row `index`
+            return builder.bitcast(builder.gep(builder.bitcast(data, i8p), [builder.mul(index, stride)]), f32.as_pointer())
+
+        done = builder.append_basic_block("outer.done")
+        switch = builder.switch(m, done)
+        for mr in range(1, MR + 1):  # one unrolled body per micro-tile height, picked by m
+            block = builder.append_basic_block(f"outer.m{mr}")
+            switch.add_case(ir.Constant(m.type, mr), block)
+            builder.position_at_end(block)
+            x_rows = [row(xa.data, x_stride, builder.add(t0, ir.Constant(i64, a))) for a in range(mr)]
+            sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(2)] for _ in range(mr)]  # registers after mem2reg
+            with cgutils.for_range(builder, k) as loop:
+                i = loop.index
+                at = builder.gep(pa.data, [builder.mul(i, ir.Constant(i64, NR))])
+                p0 = builder.load(builder.bitcast(at, vec.as_pointer()), align=4)
+                p1 = builder.load(builder.bitcast(builder.gep(at, [ir.Constant(i64, LANES)]), vec.as_pointer()), align=4)
+                for a in range(mr):
+                    v = builder.load(builder.gep(x_rows[a], [i]))
+                    v = builder.shuffle_vector(builder.insert_element(undef, v, ir.Constant(ir.IntType(32), 0)), undef, splat_mask)
+                    builder.store(builder.call(fma, [v, p0, builder.load(sums[a][0])]), sums[a][0])
+                    builder.store(builder.call(fma, [v, p1, builder.load(sums[a][1])]), sums[a][1])
+            for a in range(mr):
+                out = builder.gep(row(ya.data, y_stride, builder.add(yt, ir.Constant(i64, a))), [yc])
+                builder.store(builder.load(sums[a][0]), builder.bitcast(out, vec.as_pointer()), align=4)
+                out = builder.gep(out, [ir.Constant(i64, LANES)])
+                builder.store(builder.load(sums[a][1]), builder.bitcast(out, vec.as_pointer()), align=4)
+            builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def _outer_tile(typingctx, m, x, t0, packed, k, y, yt, yc):
+        """y[yt + a, yc:yc + NR] = x[t0 + a, :k] @ packed.reshape(k, NR) for a < m <= MR; no bounds checks."""
+        arrays_ok = all(isinstance(a, types.Array) and a.dtype == types.float32 for a in (x, packed, y))
+        if not (arrays_ok and x.ndim == 2 and y.ndim == 2 and packed.ndim == 1 and packed.layout == "C"):
+            return None
+        return types.void(m, x, t0, packed, k, y, yt, yc), _outer_tile_codegen
+
+
+@_jit(types.void(f32_rows_ro, f32_row))
+def _pack(rows, packed):
+    """packed[i * NR + j] = rows[j, i]: NR decoded rows of W side by side. Column by column: 13.5 us for a
+    32x768 panel, against 60 us row by row (whose stores, 128 bytes apart, miss L1)."""
+    k = rows.shape[1]
+    for i in range(k):
+        for j in range(NR):
+            packed[i * NR + j] = rows[j, i]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The generic part: every kernel takes the type id as its first argument and hands it to _decode_row once per
+# row of W. (Closures over a type id, one kernel set per type, missed Numba's disk cache in every new process as
+# soon as one compiled function called another: the callee's dispatcher pickles into the caller's cache key
+# with a per-process uuid.)
+
+PANEL_ROWS = 32  # rows of W a dot-design task decodes: 96 KiB of float32 at k=768, in L2 while tokens stream by
+TASK_TOKENS = 264  # tokens per dot-design task at most (a multiple of six); their rows of x: 0.8 MiB at k=768
+
+
+@_jit(types.void(types.int64, u8_rows, i64_vec, f32_rows), parallel=True)
+def _decode_rows(qtype, w, ids, out):
+    """out[i] = row ids[i] of W, dequantized."""
+    for i in prange(ids.size):
+        _decode_row(qtype, w[ids[i]], out[i])
+
+
+@_jit(types.void(types.int64, u8_rows, types.int64, f32_rows))
+def _decode_tile(qtype, w, r0, out):
+    """out[i] = row r0 + i of W, dequantized (serial)."""
+    for i in range(out.shape[0]):
+        _decode_row(qtype, w[r0 + i], out[i])
+
+
+@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, i64_counter, types.int64, types.int64))
+def _dot_worker(qtype, x, w, y, counter, chunk, n_tasks):
+    """Claim tasks (token chunk c, row panel p) until none are left: decode the panel, multiply the chunk."""
+    n, k = x.shape
+    rows = w.shape[0]
+    n_panels = (rows + PANEL_ROWS - 1) // PANEL_ROWS
+    panel = np.empty((PANEL_ROWS, k), np.float32)
+    while True:
+        task = _claim(counter)
+        if task >= n_tasks:
+            break
+        c, p = task // n_panels, task % n_panels  # chunk-major: threads at work share the same rows of x
+        r0 = p * PANEL_ROWS
+        nr = min(PANEL_ROWS, rows - r0)
+        for j in range(nr):
+            _decode_row(qtype, w[r0 + j], panel[j])
+        t0 = c * chunk
+        _multiply(x, t0, min(n, t0 + chunk), 0, panel, 0, nr, 0, k, y, t0, r0)
+
+
+@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64), parallel=True)
+def _dot_parallel(qtype, x, w, y, chunk, n_tasks, n_workers):
+    """n_workers threads share the tasks through one counter."""
+    counter = np.zeros(1, np.int64)
+    for _ in prange(n_workers):
+        _dot_worker(qtype, x, w, y, counter, chunk, n_tasks)
+
+
+@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, i64_counter, types.int64, types.int64))
+def _outer_worker(qtype, x, w, y, counter, group, n_tasks):
+    """Claim tasks of `group` panels of NR rows until none are left: decode and pack them, then multiply every
+    token by them, MR tokens at a time against each panel in turn, so that each token's row of x comes from
+    memory once per task and from L1 for the other panels."""
+    n, k = x.shape
+    rows = w.shape[0]
+    decoded = np.zeros((NR, k), np.float32)
+    packed = np.empty((group, k * NR), np.float32)
+    spill = np.empty((MR, NR), np.float32)  # a last, partial panel's results before they go to y
+    while True:
+        task = _claim(counter)
+        if task >= n_tasks:
+            break
+        first = task * group * NR
+        panels = min(group, (rows - first + NR - 1) // NR)
+        for q in range(panels):
+            r0 = first + q * NR
+            nr = min(NR, rows - r0)
+            for j in range(nr):
+                _decode_row(qtype, w[r0 + j], decoded[j])
+            decoded[nr:] = np.float32(0.0)
+            _pack(decoded, packed[q])
+        for t in range(0, n, MR):
+            m = min(MR, n - t)
+            for q in range(panels):
+                r0 = first + q * NR
+                nr = min(NR, rows - r0)
+                if nr == NR:
+                    _outer_tile(m, x, t, packed[q], k, y, t, r0)
+                else:
+                    _outer_tile(m, x, t, packed[q], k, spill, 0, 0)
+                    y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
+
+
+@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64), parallel=True)
+def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
+    counter = np.zeros(1, np.int64)
+    for _ in prange(n_workers):
+        _outer_worker(qtype, x, w, y, counter, group, n_tasks)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # The public functions: same signatures as numpy_backend.
 
-TILE_VALUES = 1 << 20  # a dequantized tile of W holds at most this many float32 values (4 MiB)
-# Up to this many tokens the direct kernel (one Numba thread pool, no BLAS) is used, above it tile + BLAS.
-# bench/kernels.py, one layer's seven matmuls, GFLOP/s on this 2-core machine while shared (load ~6):
-#   n=16:   direct 40-55 for every type; tile + BLAS 0.6-4 (OpenBLAS's per-call thread hand-off dominates a small
-#           GEMM, and on busy cores each hand-off waits for a time slice)
-#   n=512:  direct 27-35, tile + BLAS 22-29 (loaded); BLAS alone reached 186 on a quiet machine, so above ~64
-#           tokens BLAS's blocked GEMM is the better bet and the loaded figures are the exception
-#   n=4096: tile + BLAS 66-70, direct 20-23
-# n=1 (~4-17 for both) is bound by decoding W and by launching threads, not by arithmetic.
-DIRECT_MAX_N = 64
+# Why one design: bench/kernels.py, one layer's seven matmuls, q4_0, GFLOP/s wall / per CPU-second, on this
+# 2-core machine while shared (load 4-8), each design back to back in one run:
+#   n=118: this kernel (2 threads) 34w/85c, one thread 30w/75c; the old tile + 2-thread OpenBLAS 3.3w/8.1c
+#          (OpenBLAS's threads yield-spin inside a GEMM: under load they burn the CPU share the other needs)
+#   n=512: 37w/91c against 18w/44c; one-thread BLAS on a float32 copy of W made beforehand ~100c
+# On a shared machine the wall figures follow the CPU share, not the thread count (each session's threads
+# share one scheduler group), so the work per CPU-second is what counts, and what a thread never does is spin.
+# TODO numbers after 512-bit
 
 
 def dequantize(w, qtype) -> np.ndarray:
     """The whole weight as float32 (rows, k). For small tensors (norm vectors) and tests."""
     w, rows, k = weight_bytes(w, qtype)
     out = np.empty((rows, k), np.float32)
-    _kernels(int(qtype))[1](w, 0, out)
+    _decode_tile(int(qtype), w, 0, out)
     return out
 
 
@@ -318,40 +580,279 @@ def dequantize_rows(w, qtype, row_ids) -> np.ndarray:
     w, rows, k = weight_bytes(w, qtype)
     ids = row_indices(row_ids, rows)
     out = np.empty((ids.size, k), np.float32)
-    _kernels(int(qtype))[0](w, ids, out)
+    _decode_rows(int(qtype), w, ids, out)
     return out
 
 
-def matmul_tiled(x, w, qtype) -> np.ndarray:
-    """Design "tile": dequantize a tile of W rows into a reusable float32 scratch, BLAS multiplies x by it."""
+def _threads(n_tasks: int) -> int:
+    return max(1, min(numba.get_num_threads(), n_tasks))
+
+
+def matmul_dot(x, w, qtype) -> np.ndarray:
+    """Design "dot": tasks of (32 rows, up to 264 tokens), decoded rows times tokens by the 4x6 dot kernel."""
     w, rows, k = weight_bytes(w, qtype)
     x = activations(x, k, block_format(qtype)[0])
-    if int(qtype) == F32:
-        return x @ w.view(np.float32).T
-    decode_tile = _kernels(int(qtype))[1]
-    y = np.empty((x.shape[0], rows), np.float32)
-    tile_rows = max(1, min(rows, TILE_VALUES // k))
-    scratch = np.empty((tile_rows, k), np.float32)
-    for r0 in range(0, rows, tile_rows):
-        r1 = min(rows, r0 + tile_rows)
-        tile = scratch[: r1 - r0]
-        decode_tile(w, r0, tile)
-        np.matmul(x, tile.T, out=y[:, r0:r1])
+    n = x.shape[0]
+    y = np.empty((n, rows), np.float32)
+    if n == 0 or rows == 0:
+        return y
+    n_chunks = -(-n // TASK_TOKENS)
+    chunk = -(-n // n_chunks)
+    chunk += -chunk % 6  # whole blocks of six tokens
+    n_tasks = n_chunks * -(-rows // PANEL_ROWS)
+    threads = _threads(n_tasks)
+    if threads > 1:
+        _dot_parallel(int(qtype), x, w, y, chunk, n_tasks, threads)
+    else:
+        _dot_worker(int(qtype), x, w, y, np.zeros(1, np.int64), chunk, n_tasks)
     return y
 
 
-def matmul_direct(x, w, qtype) -> np.ndarray:
-    """Design "direct": one parallel kernel, row by row of W, no BLAS."""
+def matmul_outer(x, w, qtype) -> np.ndarray:
+    """Design "outer": tasks of NR rows, decoded and packed once, times every token by the outer-product kernel."""
     w, rows, k = weight_bytes(w, qtype)
     x = activations(x, k, block_format(qtype)[0])
-    y = np.empty((x.shape[0], rows), np.float32)
-    _kernels(int(qtype))[2](x, w, y)
+    n = x.shape[0]
+    y = np.empty((n, rows), np.float32)
+    if n == 0 or rows == 0:
+        return y
+    n_panels = -(-rows // NR)
+    threads = _threads(n_panels)
+    group = max(1, min(4, n_panels // (4 * threads)))  # up to 4 panels a task, while leaving 4 tasks a thread
+    n_tasks = -(-n_panels // group)
+    if threads > 1:
+        _outer_parallel(int(qtype), x, w, y, group, n_tasks, threads)
+    else:
+        _outer_worker(int(qtype), x, w, y, np.zeros(1, np.int64), group, n_tasks)
     return y
+
+
+OUTER_MIN_N = 96  # from this many tokens on, the outer design (see MATMUL_DESIGN)
 
 
 def matmul(x, w, qtype) -> np.ndarray:
     """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows)."""
     n = np.shape(x)[0] if np.ndim(x) == 2 else 0
-    if n <= DIRECT_MAX_N:
-        return matmul_direct(x, w, qtype)
-    return matmul_tiled(x, w, qtype)
+    return matmul_outer(x, w, qtype) if n >= OUTER_MIN_N else matmul_dot(x, w, qtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The elementwise and attention kernels: one pass over the data each, where numpy makes three to eight (rms_norm,
+# gelu_tanh and attention's softmax took 27 of 92 CPU-seconds of a q4_0 run over the 205 reference texts).
+
+ELEMENTWISE_CHUNK = 1 << 15  # values per parallel task; below two tasks' worth a kernel runs on the calling thread
+
+f32_vec_ro = types.Array(types.float32, 1, "C", readonly=True)
+f32_3d = types.float32[:, :, ::1]
+f32_3d_ro = types.Array(types.float32, 3, "C", readonly=True)
+
+
+@_jit(types.float32(types.float32), fastmath=FAST, inline="always")
+def _exp(x):
+    """e^x in float32, in a form LLVM vectorizes (it cannot vectorize a call to expf): x = n ln2 + r with
+    |r| <= ln2 / 2, e^r by Cephes' expf polynomial, 2^n written straight into the exponent bits. Within 2 ulp
+    of np.exp on [-87.3, 88]; outside, the argument is clamped (e^-87.3 ~ 1e-38 stands in for 0)."""
+    x = min(max(x, np.float32(-87.33)), np.float32(88.0))
+    n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = (x - n * np.float32(0.693359375)) + n * np.float32(2.12194440e-4)  # Cody-Waite: ln2 in two parts
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    return p * _f32_from_bits(np.uint32(np.int32(n) + np.int32(127)) << np.uint32(23))
+
+
+@_jit(types.void(f32_rows_ro, f32_vec_ro, types.float32, f32_rows, types.int64, types.int64), fastmath=FAST)
+def _rms_norm_rows(x, weight, eps, out, r0, r1):
+    d = x.shape[1]
+    for r in range(r0, r1):
+        row, dst = x[r], out[r]
+        total = np.float32(0.0)
+        for i in range(d):
+            total += row[i] * row[i]
+        scale = np.float32(1.0) / np.sqrt(total / np.float32(d) + eps)
+        for i in range(d):
+            dst[i] = row[i] * scale * weight[i]
+
+
+@_jit(types.void(f32_rows_ro, f32_vec_ro, types.float32, f32_rows, types.int64), parallel=True)
+def _rms_norm_parallel(x, weight, eps, out, rows_per_task):
+    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
+    for task in prange(n_tasks):
+        r0 = np.int64(task) * rows_per_task
+        _rms_norm_rows(x, weight, eps, out, r0, min(x.shape[0], r0 + rows_per_task))
+
+
+@_jit(types.void(f32_row, f32_row, types.int64, types.int64), fastmath=FAST)
+def _gelu_tanh_range(x, out, i0, i1):
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    src, dst = x[i0:i1], out[i0:i1]
+    for i in range(src.size):
+        v = src[i]
+        # 0.5 v (1 + tanh(z)) = v / (1 + e^(-2z)): one exp, and no cancellation for very negative v
+        dst[i] = v / (np.float32(1.0) + _exp(np.float32(-2.0) * c * (v + np.float32(0.044715) * v * v * v)))
+
+
+@_jit(types.void(f32_row, f32_row), parallel=True)
+def _gelu_tanh_parallel(x, out):
+    n_tasks = (x.size + ELEMENTWISE_CHUNK - 1) // ELEMENTWISE_CHUNK
+    for task in prange(n_tasks):
+        i0 = np.int64(task) * ELEMENTWISE_CHUNK
+        _gelu_tanh_range(x, out, i0, min(x.size, i0 + ELEMENTWISE_CHUNK))
+
+
+@_jit(types.void(f32_3d_ro, f32_rows_ro, f32_rows_ro, f32_3d, types.int64, types.int64), fastmath=FAST)
+def _rope_rows(x, cos, sin, out, t0, t1):
+    half = cos.shape[1]
+    for t in range(t0, t1):
+        c, s = cos[t], sin[t]
+        for h in range(x.shape[1]):
+            src, dst = x[t, h], out[t, h]
+            for i in range(half):
+                x1, x2 = src[i], src[half + i]
+                dst[i] = x1 * c[i] - x2 * s[i]
+                dst[half + i] = x2 * c[i] + x1 * s[i]
+
+
+@_jit(types.void(f32_3d_ro, f32_rows_ro, f32_rows_ro, f32_3d, types.int64), parallel=True)
+def _rope_parallel(x, cos, sin, out, rows_per_task):
+    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
+    for task in prange(n_tasks):
+        t0 = np.int64(task) * rows_per_task
+        _rope_rows(x, cos, sin, out, t0, min(x.shape[0], t0 + rows_per_task))
+
+
+def rms_norm(x, weight, eps) -> np.ndarray:
+    """x / sqrt(mean(x^2 over the last axis) + eps) * weight."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    d = weight.shape[0]
+    rows = x.reshape(-1, d)
+    out = np.empty_like(rows)
+    per_task = max(1, ELEMENTWISE_CHUNK // d)
+    if rows.shape[0] >= 2 * per_task and numba.get_num_threads() > 1:
+        _rms_norm_parallel(rows, weight, np.float32(eps), out, per_task)
+    else:
+        _rms_norm_rows(rows, weight, np.float32(eps), out, 0, rows.shape[0])
+    return out.reshape(x.shape)
+
+
+def gelu_tanh(x) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    flat, flat_out = x.reshape(-1), out.reshape(-1)
+    if flat.size >= 2 * ELEMENTWISE_CHUNK and numba.get_num_threads() > 1:
+        _gelu_tanh_parallel(flat, flat_out)
+    else:
+        _gelu_tanh_range(flat, flat_out, 0, flat.size)
+    return out
+
+
+def rope(x, cos, sin) -> np.ndarray:
+    """Rotate x (tokens, heads, d) by angles with cos and sin (tokens, d / 2): the halves of each head pair up,
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    cos, sin = np.ascontiguousarray(cos, dtype=np.float32), np.ascontiguousarray(sin, dtype=np.float32)
+    out = np.empty_like(x)
+    per_task = max(1, ELEMENTWISE_CHUNK // max(1, x.shape[1] * x.shape[2]))
+    if x.shape[0] >= 2 * per_task and numba.get_num_threads() > 1:
+        _rope_parallel(x, cos, sin, out, per_task)
+    else:
+        _rope_rows(x, cos, sin, out, 0, x.shape[0])
+    return out
+
+
+ATTENTION_BLOCK = 32  # query positions per attention task
+KEY_TILE = 128  # keys per pass of the score product: 128 KiB of keys at d=256, which stay in L2
+
+
+@_jit(types.void(f32_row), fastmath=FAST)
+def _softmax(s):
+    """s = e^(s - max s) / sum, in place."""
+    top = s[0]
+    for j in range(1, s.size):
+        top = max(top, s[j])
+    total = np.float32(0.0)
+    for j in range(s.size):
+        e = _exp(s[j] - top)
+        s[j] = e
+        total += e
+    inverse = np.float32(1.0) / total
+    for j in range(s.size):
+        s[j] *= inverse
+
+
+@_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d_ro, types.float32, types.int64, f32_3d, i64_counter, types.int64),
+      fastmath=FAST)
+def _attention_worker(q, keys, values_t, scale, radius, out, counter, n_tasks):
+    """Claim tasks (key/value head h, block of query positions) until none are left. For one task: its queries
+    (positions x the heads sharing h) times the keys they can see, softmax per row, times the values."""
+    length, n_heads, d = q.shape
+    n_kv = keys.shape[0]
+    group = n_heads // n_kv
+    n_blocks = (length + ATTENTION_BLOCK - 1) // ATTENTION_BLOCK
+    window = length if radius < 0 else min(length, ATTENTION_BLOCK + 2 * radius)
+    rows = ATTENTION_BLOCK * group
+    queries = np.empty((rows, d), np.float32)
+    scores = np.empty((rows, window), np.float32)
+    mixed = np.empty((rows, d), np.float32)
+    while True:
+        task = _claim(counter)
+        if task >= n_tasks:
+            break
+        h, block = task // n_blocks, task % n_blocks
+        start = block * ATTENTION_BLOCK
+        stop = min(length, start + ATTENTION_BLOCK)
+        lo, hi = (0, length) if radius < 0 else (max(0, start - radius), min(length, stop + radius))
+        n_rows, width = (stop - start) * group, hi - lo
+        for p in range(start, stop):  # rows are (position, head of the group) pairs, the scale folded in
+            for g in range(group):
+                src, dst = q[p, h * group + g], queries[(p - start) * group + g]
+                for i in range(d):
+                    dst[i] = src[i] * scale
+        for k0 in range(lo, hi, KEY_TILE):
+            _multiply(queries, 0, n_rows, 0, keys[h], k0, min(hi, k0 + KEY_TILE), 0, d, scores, 0, k0 - lo)
+        for row in range(n_rows):  # softmax over the keys this row's position can see; the rest weigh 0
+            p = start + row // group
+            a, b = (0, width) if radius < 0 else (max(lo, p - radius) - lo, min(hi, p + radius + 1) - lo)
+            _softmax(scores[row, a:b])
+            scores[row, :a] = np.float32(0.0)
+            scores[row, b:width] = np.float32(0.0)
+        for c0 in range(0, d, PANEL_ROWS):  # 32 rows of V^T (the keys' values of 32 features) at a time
+            _multiply(scores, 0, n_rows, 0, values_t[h], c0, min(d, c0 + PANEL_ROWS), lo, width, mixed, 0, c0)
+        for p in range(start, stop):
+            for g in range(group):
+                out[p, h * group + g] = mixed[(p - start) * group + g]
+
+
+@_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d_ro, types.float32, types.int64, f32_3d, types.int64, types.int64),
+      parallel=True)
+def _attention_parallel(q, keys, values_t, scale, radius, out, n_tasks, n_workers):
+    counter = np.zeros(1, np.int64)
+    for _ in prange(n_workers):
+        _attention_worker(q, keys, values_t, scale, radius, out, counter, n_tasks)
+
+
+def attention(q, k, v, scale, radius) -> np.ndarray:
+    """Bidirectional softmax attention of one sequence: q (L, heads, d), k and v (L, kv_heads, d); query heads
+    share key/value heads in equal groups. softmax(scale q.k) over the keys, times the values; with a radius,
+    position i sees position j only when |i - j| <= radius."""
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    keys = np.ascontiguousarray(np.transpose(k, (1, 0, 2)), dtype=np.float32)  # (kv_heads, L, d)
+    values_t = np.ascontiguousarray(np.transpose(v, (1, 2, 0)), dtype=np.float32)  # (kv_heads, d, L)
+    out = np.empty_like(q)
+    length = q.shape[0]
+    if length == 0:
+        return out
+    n_tasks = keys.shape[0] * -(-length // ATTENTION_BLOCK)
+    radius = -1 if radius is None else int(radius)
+    threads = _threads(n_tasks)
+    if threads > 1:
+        _attention_parallel(q, keys, values_t, np.float32(scale), radius, out, n_tasks, threads)
+    else:
+        _attention_worker(q, keys, values_t, np.float32(scale), radius, out, np.zeros(1, np.int64), n_tasks)
+    return out

@@ -85,3 +85,69 @@ def matmul(x, w, qtype) -> np.ndarray:
         decode(w[r0:r1], tile)
         np.matmul(x, tile.T, out=y[:, r0:r1])
     return y
+
+
+# --- the elementwise and attention kernels -----------------------------------------------------------------------
+# In place where numpy allows, so a large batch makes two or three passes over memory instead of eight.
+
+
+def rms_norm(x, weight, eps) -> np.ndarray:
+    """x / sqrt(mean(x^2 over the last axis) + eps) * weight."""
+    mean_square = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+    mean_square += np.float32(eps)
+    out = x / np.sqrt(mean_square)
+    out *= weight
+    return out
+
+
+def gelu_tanh(x) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise."""
+    t = np.multiply(x, x, dtype=np.float32)
+    t *= x
+    t *= np.float32(0.044715)
+    t += x
+    t *= np.float32(np.sqrt(2.0 / np.pi))
+    np.tanh(t, out=t)
+    t += np.float32(1.0)
+    t *= x
+    t *= np.float32(0.5)
+    return t
+
+
+def rope(x, cos, sin) -> np.ndarray:
+    """Rotate x (tokens, heads, d) by angles with cos and sin (tokens, d / 2): the halves of each head pair up,
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def attention(q, k, v, scale, radius, block: int = 256) -> np.ndarray:
+    """Bidirectional softmax attention of one sequence: q (L, heads, d), k and v (L, kv_heads, d); query heads
+    share key/value heads in equal groups. softmax(scale q.k) over the keys, times the values; with a radius,
+    position i sees position j only when |i - j| <= radius.
+
+    Queries go in blocks, each against just the keys it can see, so memory stays at block x window."""
+    length, n_heads, d = q.shape
+    group = n_heads // k.shape[1]  # query heads sharing one key/value head
+    out = np.empty_like(q)
+    for kv_head in range(k.shape[1]):
+        heads = slice(kv_head * group, (kv_head + 1) * group)
+        keys, values = k[:, kv_head], v[:, kv_head]
+        for start in range(0, length, block):
+            stop = min(length, start + block)
+            lo, hi = (max(0, start - radius), min(length, stop + radius)) if radius is not None else (0, length)
+            # Rows are (query position, head) pairs: one matrix product for the whole group.
+            queries = q[start:stop, heads].reshape(-1, d)
+            scores = queries @ keys[lo:hi].T
+            scores *= np.float32(scale)
+            if radius is not None:
+                pos_q = np.repeat(np.arange(start, stop), group)[:, None]
+                pos_k = np.arange(lo, hi)[None, :]
+                scores[np.abs(pos_q - pos_k) > radius] = -np.inf
+            scores -= scores.max(axis=1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=1, keepdims=True)
+            out[start:stop, heads] = (scores @ values[lo:hi]).reshape(stop - start, group, d)
+    return out

@@ -104,11 +104,12 @@ def test_dequantize_rows_picks_the_rows(backend, qtype):
 
 @pytest.fixture(params=[False, True], ids=["one-tile", "small-tiles"])
 def tiles(request, monkeypatch):
-    """Run matmul with the normal tile budget and with one so small that tiles end mid-way through the rows."""
+    """Run matmul with the normal task sizes and with ones so small that tiles (numpy) end mid-way through the
+    rows and token chunks (numba) end mid-way through the tokens."""
     if request.param:
-        for backend in (numpy_backend, numba_backend):
-            if backend is not None:
-                monkeypatch.setattr(backend, "TILE_VALUES", 7 * SHAPES[0][1])
+        monkeypatch.setattr(numpy_backend, "TILE_VALUES", 7 * SHAPES[0][1])
+        if numba_backend is not None:
+            monkeypatch.setattr(numba_backend, "TASK_TOKENS", 7)
     return request.param
 
 
@@ -125,7 +126,7 @@ def test_matmul_matches_float64(backend, qtype, rows, k, tiles):
 
 
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
-@pytest.mark.parametrize("design", ["matmul_direct", "matmul_tiled"])
+@pytest.mark.parametrize("design", ["matmul_dot", "matmul_outer"])
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_every_numba_design_matches_float64(design, qtype):
     """matmul picks a design by n; each must be right at every n, not only where it is picked."""
@@ -162,6 +163,85 @@ def test_matmul_takes_float_views_and_memmaps(backend, tmp_path):
     stored(w, T.Q8_0).tofile(path)
     mm = np.memmap(path, dtype=np.uint8, mode="r", shape=(40, 68))
     assert_matmul_close(backend.matmul(x, mm, T.Q8_0), x, reference(np.asarray(mm), T.Q8_0), tol=2e-6)
+
+
+@pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+def test_every_half_decodes_as_numpy_does():
+    """All 65,536 halves through the F16 decoder, bit for bit; signalling NaNs may come out quiet (the hardware
+    conversion quiets them), but must stay NaN with the same sign."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    raw = bits.view(np.uint8).reshape(64, -1)
+    got, want = numba_backend.dequantize(raw, T.F16).reshape(-1), bits.view(np.float16).astype(np.float32)
+    signalling = ((bits & 0x7C00) == 0x7C00) & ((bits & 0x03FF) != 0) & ((bits & 0x0200) == 0)
+    np.testing.assert_array_equal(got[~signalling].view(np.uint32), want[~signalling].view(np.uint32))
+    assert np.isnan(got[signalling]).all() and (np.signbit(got[signalling]) == np.signbit(want[signalling])).all()
+
+
+# --- the array ops: rms_norm, gelu_tanh, rope, attention ----------------------------------------------------------
+
+
+def attention_float64(q, k, v, scale, radius):
+    """Textbook attention in float64 over the whole (L, L) score matrix, the band as a mask."""
+    length, n_heads, _ = q.shape
+    group = n_heads // k.shape[1]
+    out = np.empty(q.shape, np.float64)
+    far = np.abs(np.arange(length)[:, None] - np.arange(length)[None, :]) > (length if radius is None else radius)
+    for h in range(n_heads):
+        scores = (q[:, h].astype(np.float64) @ k[:, h // group].astype(np.float64).T) * scale
+        scores[far] = -np.inf
+        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+        out[:, h] = (weights / weights.sum(axis=1, keepdims=True)) @ v[:, h // group].astype(np.float64)
+    return out
+
+
+ATTENTION_CASES = [(1, 3, 1, 16, None), (70, 3, 1, 64, None), (70, 3, 1, 64, 5), (300, 4, 2, 32, 40), (37, 2, 2, 16, 0)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("length,n_heads,n_kv,d,radius", ATTENTION_CASES if not NO_JIT else ATTENTION_CASES[:3])
+def test_attention_matches_float64(backend, length, n_heads, n_kv, d, radius):
+    rng = np.random.default_rng(length + d)
+    q, k, v = (rng.standard_normal((length, h, d)).astype(np.float32) * 2 for h in (n_heads, n_kv, n_kv))
+    got = backend.attention(q, k, v, d ** -0.5, radius)
+    assert got.dtype == np.float32 and got.shape == q.shape
+    np.testing.assert_allclose(got, attention_float64(q, k, v, d ** -0.5, radius), rtol=0, atol=2e-6 * np.abs(v).max())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_elementwise_ops_match_float64(backend):
+    rng = np.random.default_rng(11)
+    n = 40 if NO_JIT else 3000  # large enough that the Numba kernels split the work between threads
+    x = (rng.standard_normal((n, 3, 64)) * 3).astype(np.float32)
+    x[0, 0] = 0.0  # an all-zero row: eps keeps it finite
+    weight = rng.standard_normal(64).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = x64 / np.sqrt(np.mean(x64 ** 2, axis=-1, keepdims=True) + 1e-6) * weight
+    np.testing.assert_allclose(backend.rms_norm(x, weight, 1e-6), want, rtol=2e-6, atol=1e-6)
+
+    y = np.concatenate([x.reshape(-1), np.float32([-1e4, -60.0, -9.0, 1e-30, 0.0, 9.0, 1e4])])
+    y64 = y.astype(np.float64)
+    want = 0.5 * y64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (y64 + 0.044715 * y64 ** 3)))
+    got = backend.gelu_tanh(y)
+    assert got.dtype == np.float32 and np.all(np.isfinite(got))
+    np.testing.assert_array_less(np.abs(got - want), 1e-6 * np.maximum(1.0, np.abs(y64)))
+
+    angles = rng.uniform(0, 100, (n, 32))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    c, s_ = cos[:, None].astype(np.float64), sin[:, None].astype(np.float64)
+    want = np.concatenate([x64[..., :32] * c - x64[..., 32:] * s_, x64[..., 32:] * c + x64[..., :32] * s_], axis=-1)
+    np.testing.assert_allclose(backend.rope(x, cos, sin), want, rtol=0, atol=2e-6 * np.abs(x).max())
+
+
+@pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+def test_numba_ops_equal_numpy():
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((50, 3, 64)).astype(np.float32)
+    weight = rng.standard_normal(64).astype(np.float32)
+    cos, sin = rng.standard_normal((50, 32)).astype(np.float32), rng.standard_normal((50, 32)).astype(np.float32)
+    for name, args in [("rms_norm", (x, weight, 1e-6)), ("gelu_tanh", (x,)), ("rope", (x, cos, sin)),
+                       ("attention", (x, x[:, :1], x[:, 1:2], 0.125, 7))]:
+        a, b = getattr(numba_backend, name)(*args), getattr(numpy_backend, name)(*args)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max(), err_msg=name)
 
 
 # --- errors ------------------------------------------------------------------------------------------------------
@@ -237,13 +317,22 @@ def test_unknown_backend_is_refused():
 CACHE_PROBE = """
     import numpy as np, gguf
     from kernels import numba_backend as nb
+    import numba
     for qtype in (0, 1, 30, 8, 2):
         w = gguf.quants.quantize(np.ones((3, 64), np.float32), qtype)
-        nb.matmul_direct(np.ones((2, 64), np.float32), w, qtype)
-        nb.matmul_tiled(np.ones((40, 64), np.float32), w, qtype)
+        nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)
+        nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype)
         nb.dequantize_rows(w, qtype, [1])
+    x = np.ones((40, 2, 64), np.float32)
+    nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.rope(x, x[:, 0, :32], x[:, 0, :32])
+    nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
+    nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)  # the serial paths too: one task, one thread
+    numba.set_num_threads(1)
+    nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype), nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
     hits = misses = 0
-    for kernel in [k for t in (0, 1, 30, 8, 2) for k in nb._kernels(t)]:
+    for kernel in [getattr(nb, name) for name in dir(nb)]:
+        if not isinstance(kernel, numba.core.registry.CPUDispatcher):
+            continue
         hits += sum(kernel.stats.cache_hits.values())
         misses += sum(kernel.stats.cache_misses.values())
     print(hits, misses, nb._cache_ok)
