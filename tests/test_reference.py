@@ -33,8 +33,15 @@ def reference(reference_dir):
     }
 
 
+_EMBEDDED: dict = {}
+
+
 def embed(model, reference, mode):
-    return model.encode(reference["texts"], prompt=reference["prompts"][mode], batch_size=32)
+    """Each (file, mode) is embedded once per session: the backend test reuses the Q4_0 pass."""
+    key = (str(model.path), mode)
+    if key not in _EMBEDDED:
+        _EMBEDDED[key] = model.encode(reference["texts"], prompt=reference["prompts"][mode], batch_size=32)
+    return _EMBEDDED[key]
 
 
 def cosines(a, b):
@@ -67,11 +74,11 @@ BARS = {
 }
 
 
-# Every recipe in every mode is 18 passes over 205 texts. The prompt modes test the tokenizer and
-# prompts, which token ids check for all modes anyway, so by default F32 and Q8_0 run all three
-# modes and the other recipes run document mode; EDGEGEMMA_FULL_REFERENCE=1 runs the whole matrix.
+# Every recipe in every mode is 21 passes over 205 texts. The prompt modes test the tokenizer and
+# prompts, which token ids check for all modes anyway, so by default F32 runs all three modes and
+# the other recipes document mode; EDGEGEMMA_FULL_REFERENCE=1 runs the whole matrix.
 FULL = os.environ.get("EDGEGEMMA_FULL_REFERENCE") == "1"
-ALL_MODES = ("f32", "q8_0")
+ALL_MODES = ("f32",)
 CASES = [
     pytest.param(recipe, mode, marks=() if FULL or recipe in ALL_MODES or mode == "document" else pytest.mark.skip(
         reason="set EDGEGEMMA_FULL_REFERENCE=1 for every recipe in every prompt mode"))
@@ -117,11 +124,11 @@ def test_numba_and_numpy_backends_agree(real_gguf, reference):
         pytest.skip("Numba is not the active backend here; nothing to compare")
     model = edgegemma.load(real_gguf("q4_0"))
     prompt = reference["prompts"]["document"]
-    with_numba = model.encode(reference["texts"], prompt=prompt, batch_size=16)
+    with_numba = embed(model, reference, "document")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kernels, "matmul", numpy_backend.matmul)
-        patch.setattr(kernels, "dequantize_rows", numpy_backend.dequantize_rows)
-        with_numpy = model.encode(reference["texts"], prompt=prompt, batch_size=16)
+        for name in ("matmul", "dequantize_rows", "rms_norm", "gelu_tanh", "rope", "attention"):
+            patch.setattr(kernels, name, getattr(numpy_backend, name))
+        with_numpy = model.encode(reference["texts"], prompt=prompt, batch_size=32)
     cos = cosines(with_numba, with_numpy)
     print(f"\nnumba vs numpy (q4_0, document): min cosine {cos.min():.7f}")
     assert cos.min() >= 0.99999
