@@ -114,6 +114,9 @@ if numba.config.DISABLE_JIT:
     def _half_from_bits(h):
         return np.float32(np.uint16(h).view(np.float16))
 
+    def _bits_of(f):
+        return np.float32(f).view(np.int32)
+
     def _claim(counter):
         task = counter[0]
         counter[0] += 1
@@ -134,6 +137,17 @@ else:
             return builder.bitcast(bits, ir.FloatType())
 
         return types.float32(u), codegen
+
+    @intrinsic
+    def _bits_of(typingctx, f):
+        """The bit pattern of the float32 f as an int32 (an LLVM bitcast: free)."""
+        if f != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.IntType(32))
+
+        return types.int32(f), codegen
 
     @intrinsic
     def _half_from_bits(typingctx, h):
@@ -770,16 +784,25 @@ def rope(x, cos, sin) -> np.ndarray:
     return out
 
 
-ATTENTION_BLOCK = 32  # query positions per attention task
-KEY_TILE = 128  # keys per pass of the score product: 128 KiB of keys at d=256, which stay in L2
+ATTENTION_BLOCK = 32  # query positions per attention task: with 3 heads a group, 96 rows = 8 micro-tiles
+
+
+@_jit(types.float32(f32_row), fastmath=FAST)
+def _max(s):
+    """The largest of the (non-NaN) float32s in s, through integers: for b the bits of a float, b ^ (0x7FFFFFFF if
+    b < 0) orders as the float does, and LLVM vectorizes an integer max but left the float max a chain of scalar
+    vmaxss (0.22 ns a value against 1.6: it was 70 % of the softmax)."""
+    top = np.int64(-(1 << 31))
+    for j in range(s.size):
+        b = np.int64(_bits_of(s[j]))
+        top = max(top, b ^ ((b >> 31) & 0x7FFFFFFF))
+    return _f32_from_bits(top ^ ((top >> 31) & 0x7FFFFFFF))
 
 
 @_jit(types.void(f32_row), fastmath=FAST)
 def _softmax(s):
     """s = e^(s - max s) / sum, in place."""
-    top = s[0]
-    for j in range(1, s.size):
-        top = max(top, s[j])
+    top = _max(s)
     total = np.float32(0.0)
     for j in range(s.size):
         e = _exp(s[j] - top)
@@ -790,20 +813,40 @@ def _softmax(s):
         s[j] *= inverse
 
 
+@_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d, f32_3d))
+def _pack_keys_values(k, v, keys, values):
+    """keys[h, p] = keys p*NR ... p*NR + NR - 1 of head h packed as the outer kernel reads W (the NR keys' i-th
+    features side by side), values[h, c] = features c*NR ... of every key, NR floats a key; zeros beyond."""
+    length, n_kv, d = k.shape
+    keys[:] = np.float32(0.0)
+    values[:] = np.float32(0.0)
+    for h in range(n_kv):
+        for j in range(length):
+            src, dst = k[j, h], keys[h, j // NR]
+            for i in range(d):
+                dst[i * NR + j % NR] = src[i]
+            for c in range(values.shape[1]):
+                f1 = min(d, (c + 1) * NR)
+                src, dst = v[j, h, c * NR:f1], values[h, c, j * NR:j * NR + f1 - c * NR]
+                for f in range(src.size):
+                    dst[f] = src[f]
+
+
 @_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d_ro, types.float32, types.int64, f32_3d, i64_counter, types.int64),
       fastmath=FAST)
-def _attention_worker(q, keys, values_t, scale, radius, out, counter, n_tasks):
+def _attention_worker(q, keys, values, scale, radius, out, counter, n_tasks):
     """Claim tasks (key/value head h, block of query positions) until none are left. For one task: its queries
-    (positions x the heads sharing h) times the keys they can see, softmax per row, times the values."""
+    (positions x the heads sharing h) times the keys they can see, softmax per row, times the values; both
+    products by the outer-product kernel, the packed keys and values standing in for W."""
     length, n_heads, d = q.shape
     n_kv = keys.shape[0]
     group = n_heads // n_kv
     n_blocks = (length + ATTENTION_BLOCK - 1) // ATTENTION_BLOCK
-    window = length if radius < 0 else min(length, ATTENTION_BLOCK + 2 * radius)
+    reach = length if radius < 0 else min(length, ATTENTION_BLOCK + 2 * radius)
     rows = ATTENTION_BLOCK * group
     queries = np.empty((rows, d), np.float32)
-    scores = np.empty((rows, window), np.float32)
-    mixed = np.empty((rows, d), np.float32)
+    scores = np.empty((rows, min(keys.shape[1], reach // NR + 2) * NR), np.float32)
+    mixed = np.empty((rows, values.shape[1] * NR), np.float32)
     while True:
         task = _claim(counter)
         if task >= n_tasks:
@@ -812,33 +855,38 @@ def _attention_worker(q, keys, values_t, scale, radius, out, counter, n_tasks):
         start = block * ATTENTION_BLOCK
         stop = min(length, start + ATTENTION_BLOCK)
         lo, hi = (0, length) if radius < 0 else (max(0, start - radius), min(length, stop + radius))
-        n_rows, width = (stop - start) * group, hi - lo
+        p0, p1 = lo // NR, (hi + NR - 1) // NR  # the panels of keys holding [lo, hi)
+        n_rows, width = (stop - start) * group, (p1 - p0) * NR
         for p in range(start, stop):  # rows are (position, head of the group) pairs, the scale folded in
             for g in range(group):
                 src, dst = q[p, h * group + g], queries[(p - start) * group + g]
                 for i in range(d):
                     dst[i] = src[i] * scale
-        for k0 in range(lo, hi, KEY_TILE):
-            _multiply(queries, 0, n_rows, 0, keys[h], k0, min(hi, k0 + KEY_TILE), 0, d, scores, 0, k0 - lo)
+        for p in range(p0, p1):
+            for t in range(0, n_rows, MR):
+                _outer_tile(min(MR, n_rows - t), queries, t, keys[h, p], d, scores, t, (p - p0) * NR)
         for row in range(n_rows):  # softmax over the keys this row's position can see; the rest weigh 0
-            p = start + row // group
-            a, b = (0, width) if radius < 0 else (max(lo, p - radius) - lo, min(hi, p + radius + 1) - lo)
+            pos = start + row // group
+            a, b = (lo, hi) if radius < 0 else (max(lo, pos - radius), min(hi, pos + radius + 1))
+            a, b = a - p0 * NR, b - p0 * NR
             _softmax(scores[row, a:b])
             scores[row, :a] = np.float32(0.0)
             scores[row, b:width] = np.float32(0.0)
-        for c0 in range(0, d, PANEL_ROWS):  # 32 rows of V^T (the keys' values of 32 features) at a time
-            _multiply(scores, 0, n_rows, 0, values_t[h], c0, min(d, c0 + PANEL_ROWS), lo, width, mixed, 0, c0)
+        for c in range(values.shape[1]):
+            panel = values[h, c, p0 * NR * NR:]
+            for t in range(0, n_rows, MR):
+                _outer_tile(min(MR, n_rows - t), scores, t, panel, width, mixed, t, c * NR)
         for p in range(start, stop):
             for g in range(group):
-                out[p, h * group + g] = mixed[(p - start) * group + g]
+                out[p, h * group + g] = mixed[(p - start) * group + g, :d]
 
 
 @_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d_ro, types.float32, types.int64, f32_3d, types.int64, types.int64),
       parallel=True)
-def _attention_parallel(q, keys, values_t, scale, radius, out, n_tasks, n_workers):
+def _attention_parallel(q, keys, values, scale, radius, out, n_tasks, n_workers):
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):
-        _attention_worker(q, keys, values_t, scale, radius, out, counter, n_tasks)
+        _attention_worker(q, keys, values, scale, radius, out, counter, n_tasks)
 
 
 def attention(q, k, v, scale, radius) -> np.ndarray:
@@ -846,17 +894,20 @@ def attention(q, k, v, scale, radius) -> np.ndarray:
     share key/value heads in equal groups. softmax(scale q.k) over the keys, times the values; with a radius,
     position i sees position j only when |i - j| <= radius."""
     q = np.ascontiguousarray(q, dtype=np.float32)
-    keys = np.ascontiguousarray(np.transpose(k, (1, 0, 2)), dtype=np.float32)  # (kv_heads, L, d)
-    values_t = np.ascontiguousarray(np.transpose(v, (1, 2, 0)), dtype=np.float32)  # (kv_heads, d, L)
+    k, v = np.ascontiguousarray(k, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32)
+    length, _, d = q.shape
     out = np.empty_like(q)
-    length = q.shape[0]
     if length == 0:
         return out
-    n_tasks = keys.shape[0] * -(-length // ATTENTION_BLOCK)
+    n_kv = k.shape[1]
+    keys = np.empty((n_kv, -(-length // NR), d * NR), np.float32)
+    values = np.empty((n_kv, -(-d // NR), keys.shape[1] * NR * NR), np.float32)
+    _pack_keys_values(k, v, keys, values)
+    n_tasks = n_kv * -(-length // ATTENTION_BLOCK)
     radius = -1 if radius is None else int(radius)
     threads = _threads(n_tasks)
     if threads > 1:
-        _attention_parallel(q, keys, values_t, np.float32(scale), radius, out, n_tasks, threads)
+        _attention_parallel(q, keys, values, np.float32(scale), radius, out, n_tasks, threads)
     else:
-        _attention_worker(q, keys, values_t, np.float32(scale), radius, out, np.zeros(1, np.int64), n_tasks)
+        _attention_worker(q, keys, values, np.float32(scale), radius, out, np.zeros(1, np.int64), n_tasks)
     return out
