@@ -20,6 +20,7 @@ import os
 import platform
 import pstats
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -329,6 +330,72 @@ def main(argv=None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         return result
 
+    def make_report(rounds_done: int) -> dict:
+        import numpy as np
+
+        reference = np.load(ref_dir / "emb_document_fp32.npy")[ref_rows]
+        report = {
+            "meta": {
+                "date": _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+                "duration_s": round(time.time() - started, 1), "host": platform.node(), "machine": _machine(),
+                "python": platform.python_version(), "versions": _versions(), "threads": THREADS,
+                "repeats": repeats, "rounds_done": rounds_done, "quick": args.quick, "latency_calls": latency_calls,
+                "llama_texts_per_call": args.llama_per_call, "edgegemma_batch_size": args.batch_size,
+                "llama_repack": repack,
+                "method": f"each system in a fresh process per round, order rotated between rounds; best of {rounds_done} "
+                          "round(s) for throughput, latency (median of the calls) and cold start; peak RSS the max",
+                "load_average_start": load_start, "git": git_start,
+            },
+            "workloads": {
+                "reference": {"folder": str(ref_dir), "texts": len(ref_texts), "tokens": sum(tokens["reference"]),
+                              "max_tokens": max(tokens["reference"]), "prompt": W.DOCUMENT_PROMPT},
+                "synthetic": {"texts": len(synth), "tokens": sum(tokens["synthetic"]), "seed": W.SYNTHETIC_SEED,
+                              "words_per_text": W.SYNTHETIC_WORDS, "prompt": W.DOCUMENT_PROMPT},
+                "query": {"text": W.QUERY, "prompt": W.QUERY_PROMPT, "tokens": tokens["query"]},
+            },
+            "systems": {},
+        }
+        for s in systems:
+            row = {"family": s.family, "qtype": s.qtype, "backend": s.backend, "dtype": s.dtype, "batch": s.batch}
+            if s.qtype and isinstance(files.get(s.qtype), Path):
+                row["file"], row["file_mib"] = str(files[s.qtype]), files[s.qtype].stat().st_size / 2**20
+            elif s.family == "st" and hf:
+                row["file"] = str(hf)
+                row["file_mib"] = sum(f.stat().st_size for f in hf.rglob("*.safetensors")) / 2**20
+            if skipped[s.id]:
+                row["skipped"] = skipped[s.id]
+            else:
+                row["runs"], row["cold_cache_runs"] = list(runs[s.id]), list(cold[s.id])
+                errors = [x["error"] for x in runs[s.id] if "error" in x]
+                if errors:
+                    row["error"] = errors[0]
+                if len(errors) < len(runs[s.id]):
+                    row["best"] = summarise(s, runs[s.id], cold[s.id], tokens)
+                if s.id in saved:
+                    emb = np.load(saved[s.id])
+                    if emb.shape == reference.shape:  # not for toy models
+                        row["cos_reference"] = cosines(emb, reference)
+            report["systems"][s.id] = row
+        for s in systems:  # llama.cpp against edgegemma on the very same file
+            if s.family == "llama.cpp" and s.id in saved:
+                for b in ("numba", "numpy"):
+                    other = f"edgegemma:{s.qtype}:{b}"
+                    if other in saved:
+                        report["systems"][s.id]["cos_edgegemma"] = {"against": other,
+                                                                    **cosines(np.load(saved[s.id]), np.load(saved[other]))}
+                        break
+
+        def peers_for(row):
+            return [sid for sid, r in report["systems"].items()
+                    if (r["family"] == "llama.cpp" and r["qtype"] == row["qtype"]) or r["family"] == "st"]
+
+        compare(report, peers_for)
+        report["acceptance"] = acceptance(report)
+        report["meta"]["load_average_end"] = _load()
+        report["table"] = table(report)
+
+        return report
+
     numba = lambda s: s.family == "edgegemma" and s.backend == "numba"
     if not args.quick:  # page every file in once, untimed, so that no system pays for the first read
         for s in runnable:
@@ -337,93 +404,46 @@ def main(argv=None) -> dict:
     runs: dict[str, list] = {s.id: [] for s in runnable}
     cold: dict[str, list] = {s.id: [] for s in runnable}
     saved: dict[str, Path] = {}
-    for r in range(repeats):
-        if not args.quiet:
-            print(f"round {r + 1}/{repeats}", file=sys.stderr, flush=True)
-        k = (r * max(1, len(runnable) // repeats)) % max(1, len(runnable))
-        order = runnable[k:] + runnable[:k]  # each round starts elsewhere: no system always runs first
-        for s in order:
-            if numba(s):  # untimed: pages the file in and fills the Numba cache (again, if the kernels changed)
-                run(s, "coldstart")
-            save = tmp / f"{s.id.replace(':', '_')}.npy" if s.id not in saved else None
-            runs[s.id].append(run(s, "full", save=save))
-            if save is not None and save.is_file():
-                saved[s.id] = save
-            if numba(s) and not args.no_cold_cache:
-                cache = tempfile.mkdtemp(prefix="numba-cold-", dir=tmp)
-                cold[s.id].append(run(s, "coldstart", extra_env={"NUMBA_CACHE_DIR": cache}))
-                shutil.rmtree(cache, ignore_errors=True)
-
-    import numpy as np
-
-    reference = np.load(ref_dir / "emb_document_fp32.npy")[ref_rows]
-    report = {
-        "meta": {
-            "date": _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
-            "duration_s": round(time.time() - started, 1), "host": platform.node(), "machine": _machine(),
-            "python": platform.python_version(), "versions": _versions(), "threads": THREADS,
-            "repeats": repeats, "quick": args.quick, "latency_calls": latency_calls,
-            "llama_texts_per_call": args.llama_per_call, "edgegemma_batch_size": args.batch_size,
-            "llama_repack": repack,
-            "method": f"each system in a fresh process per round, order rotated between rounds; best of {repeats} "
-                      "round(s) for throughput, latency (median of the calls) and cold start; peak RSS the max",
-            "load_average_start": load_start, "git": git_start,
-        },
-        "workloads": {
-            "reference": {"folder": str(ref_dir), "texts": len(ref_texts), "tokens": sum(tokens["reference"]),
-                          "max_tokens": max(tokens["reference"]), "prompt": W.DOCUMENT_PROMPT},
-            "synthetic": {"texts": len(synth), "tokens": sum(tokens["synthetic"]), "seed": W.SYNTHETIC_SEED,
-                          "words_per_text": W.SYNTHETIC_WORDS, "prompt": W.DOCUMENT_PROMPT},
-            "query": {"text": W.QUERY, "prompt": W.QUERY_PROMPT, "tokens": tokens["query"]},
-        },
-        "systems": {},
-    }
-    for s in systems:
-        row = {"family": s.family, "qtype": s.qtype, "backend": s.backend, "dtype": s.dtype, "batch": s.batch}
-        if s.qtype and isinstance(files.get(s.qtype), Path):
-            row["file"], row["file_mib"] = str(files[s.qtype]), files[s.qtype].stat().st_size / 2**20
-        elif s.family == "st" and hf:
-            row["file"] = str(hf)
-            row["file_mib"] = sum(f.stat().st_size for f in hf.rglob("*.safetensors")) / 2**20
-        if skipped[s.id]:
-            row["skipped"] = skipped[s.id]
-        else:
-            row["runs"], row["cold_cache_runs"] = runs[s.id], cold[s.id]
-            errors = [x["error"] for x in runs[s.id] if "error" in x]
-            if errors:
-                row["error"] = errors[0]
-            if len(errors) < len(runs[s.id]):
-                row["best"] = summarise(s, runs[s.id], cold[s.id], tokens)
-            if s.id in saved:
-                emb = np.load(saved[s.id])
-                if emb.shape == reference.shape:  # not for toy models
-                    row["cos_reference"] = cosines(emb, reference)
-        report["systems"][s.id] = row
-    for s in systems:  # llama.cpp against edgegemma on the very same file
-        if s.family == "llama.cpp" and s.id in saved:
-            for b in ("numba", "numpy"):
-                other = f"edgegemma:{s.qtype}:{b}"
-                if other in saved:
-                    report["systems"][s.id]["cos_edgegemma"] = {"against": other,
-                                                                **cosines(np.load(saved[s.id]), np.load(saved[other]))}
-                    break
-
-    def peers_for(row):
-        return [sid for sid, r in report["systems"].items()
-                if (r["family"] == "llama.cpp" and r["qtype"] == row["qtype"]) or r["family"] == "st"]
-
-    compare(report, peers_for)
-    report["acceptance"] = acceptance(report)
-    report["meta"]["load_average_end"] = _load()
-    report["table"] = table(report)
-    shutil.rmtree(tmp, ignore_errors=True)
-
     out = args.out or REPO / "bench" / "results" / f"run-{_dt.datetime.fromtimestamp(started):%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it like Ctrl-C: rounds done are kept
+    report = None
+    try:
+        for r in range(repeats):
+            if not args.quiet:
+                print(f"round {r + 1}/{repeats}", file=sys.stderr, flush=True)
+            k = (r * max(1, len(runnable) // repeats)) % max(1, len(runnable))
+            order = runnable[k:] + runnable[:k]  # each round starts elsewhere: no system always runs first
+            for s in order:
+                if numba(s):  # untimed: pages the file in and fills the Numba cache (again, if the kernels changed)
+                    run(s, "coldstart")
+                save = tmp / f"{s.id.replace(':', '_')}.npy" if s.id not in saved else None
+                runs[s.id].append(run(s, "full", save=save))
+                if save is not None and save.is_file():
+                    saved[s.id] = save
+                if numba(s) and not args.no_cold_cache:
+                    cache = tempfile.mkdtemp(prefix="numba-cold-", dir=tmp)
+                    cold[s.id].append(run(s, "coldstart", extra_env={"NUMBA_CACHE_DIR": cache}))
+                    shutil.rmtree(cache, ignore_errors=True)
+            report = make_report(r + 1)  # after every round: a stopped run still leaves its complete rounds
+            out.write_text(json.dumps(report, indent=1))
+            if not args.quiet and r + 1 < repeats:
+                print(f"rounds so far written to {out}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: reporting the complete rounds only", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        shutil.rmtree(tmp, ignore_errors=True)
+    if report is None:
+        raise SystemExit("stopped before the first round was complete: nothing to report")
+
     print(render(report))
     print(f"\nJSON: {out}")
     return report
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def render(report: dict) -> str:
