@@ -97,7 +97,7 @@ def test_missing_safetensors_is_named(capsys, monkeypatch, tiny_checkpoint):
 
 
 def test_a_model_already_there_is_reused(capsys, home, tiny_gguf):
-    run(capsys, tiny_gguf("mixed"))
+    run(capsys, tiny_gguf(pull.DEFAULT_TYPE))
     (home / "default-model").unlink()
     code, out, err = run(capsys)  # no source: the file is there, nothing is downloaded
     assert code == 0, err
