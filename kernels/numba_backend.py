@@ -530,12 +530,57 @@ else:
         return types.void(m, x, t0, packed, k, y, yt, yc), _outer_tile_codegen
 
 
+if numba.config.DISABLE_JIT:
+
+    def _transpose_blocks(rows, packed, n_blocks):
+        for i in range(n_blocks * LANES):
+            packed[i * NR:(i + 1) * NR] = rows[:, i]
+
+else:
+
+    def _transpose_codegen(context, builder, signature, args):
+        rows_type, packed_type, _ = signature.args
+        rows = context.make_array(rows_type)(context, builder, args[0])
+        packed = context.make_array(packed_type)(context, builder, args[1])
+        f32, i32, i64, i8p = ir.FloatType(), ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+        vec = ir.VectorType(f32, LANES)
+        stride = builder.extract_value(rows.strides, 0)
+        # zip(a, b) = a0 b0 a1 b1 ...: its low and high halves. Applied log2(LANES) times to vectors i and
+        # i + LANES / 2, the "perfect shuffle" turns LANES rows into LANES columns.
+        zip_low = ir.Constant(ir.VectorType(i32, LANES), [j // 2 + (j % 2) * LANES for j in range(LANES)])
+        zip_high = ir.Constant(ir.VectorType(i32, LANES), [LANES // 2 + j // 2 + (j % 2) * LANES for j in range(LANES)])
+        with cgutils.for_range(builder, args[2]) as loop:
+            i0 = builder.mul(loop.index, ir.Constant(i64, LANES))
+            for g in range(NR // LANES):
+                v = []
+                for a in range(LANES):
+                    row = builder.gep(builder.bitcast(rows.data, i8p), [builder.mul(ir.Constant(i64, g * LANES + a), stride)])
+                    at = builder.gep(builder.bitcast(row, f32.as_pointer()), [i0])
+                    v.append(builder.load(builder.bitcast(at, vec.as_pointer()), align=4))
+                for _ in range(LANES.bit_length() - 1):
+                    half = LANES // 2
+                    v = [builder.shuffle_vector(v[i // 2], v[i // 2 + half], zip_low if i % 2 == 0 else zip_high) for i in range(LANES)]
+                for c in range(LANES):
+                    column = builder.add(i0, ir.Constant(i64, c))
+                    at = builder.gep(packed.data, [builder.add(builder.mul(column, ir.Constant(i64, NR)), ir.Constant(i64, g * LANES))])
+                    builder.store(v[c], builder.bitcast(at, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def _transpose_blocks(typingctx, rows, packed, n_blocks):
+        """packed[i * NR + j] = rows[j, i] for i < n_blocks * LANES, LANES x LANES blocks at a time."""
+        return types.void(rows, packed, n_blocks), _transpose_codegen
+
+
 @_jit(types.void(f32_rows_ro, f32_row))
 def _pack(rows, packed):
-    """packed[i * NR + j] = rows[j, i]: NR decoded rows of W side by side. Column by column: 13.5 us for a
-    32x768 panel, against 60 us row by row (whose stores, 128 bytes apart, miss L1)."""
+    """packed[i * NR + j] = rows[j, i]: NR decoded rows of W side by side. In LANES x LANES blocks transposed in
+    registers (zip shuffles), then the last columns one by one: a 32x768 panel in 4.2 us, against 13.5 column
+    by column and 60 row by row (whose stores, 128 bytes apart, miss L1)."""
     k = rows.shape[1]
-    for i in range(k):
+    n_blocks = k // LANES
+    _transpose_blocks(rows, packed, n_blocks)
+    for i in range(n_blocks * LANES, k):
         column = packed[i * NR:(i + 1) * NR]
         for j in range(NR):
             column[j] = rows[j, i]
@@ -638,14 +683,21 @@ def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
 # ---------------------------------------------------------------------------------------------------------------
 # The public functions: same signatures as numpy_backend.
 
-# Why one design: bench/kernels.py, one layer's seven matmuls, q4_0, GFLOP/s wall / per CPU-second, on this
-# 2-core machine while shared (load 4-8), each design back to back in one run:
-#   n=118: this kernel (2 threads) 34w/85c, one thread 30w/75c; the old tile + 2-thread OpenBLAS 3.3w/8.1c
-#          (OpenBLAS's threads yield-spin inside a GEMM: under load they burn the CPU share the other needs)
-#   n=512: 37w/91c against 18w/44c; one-thread BLAS on a float32 copy of W made beforehand ~100c
-# On a shared machine the wall figures follow the CPU share, not the thread count (each session's threads
-# share one scheduler group), so the work per CPU-second is what counts, and what a thread never does is spin.
-# TODO numbers after 512-bit
+# Why these designs, and no BLAS: python bench/kernels.py, one layer's seven matmuls, GFLOP/s wall / per
+# CPU-second, on this 2-core machine while other people's jobs ran on it (load 4-5), all in one run:
+#                        BLAS on f32 W   numpy tile+BLAS      numba dot     numba outer
+#   q4_0 n=18 (a query)     2.0/3.4          0.8/1.2         40.4/59.7      33.2/51.8
+#   q4_0 n=512              34/51             25/38            45/84          56/106
+#   q4_0 n=4096             55/86             57/91            42/63          53/88
+#   q8_0 n=512              30/44             27/40            49/70          75/113
+#   q8_0 n=4096             67/99             76/118           48/76          60/102
+# numpy's OpenBLAS runs two threads that yield-spin inside every GEMM: when the machine is busy they burn the
+# CPU share the other one needs, and a small product collapses (n=18: 0.8 GFLOP/s). With one BLAS thread it
+# is robust, and at n=4096 still ~15 % ahead of the outer kernel per CPU-second; below ~500 tokens it is not
+# ahead at all. On a shared machine the wall figures follow the CPU share (each session's threads share one
+# scheduler group), so what counts is work per CPU-second and never spinning: these kernels claim tasks from
+# a counter and their idle threads sleep (OMP_WAIT_POLICY=PASSIVE). The dot design wins below ~40 tokens,
+# where the outer design's packing is not yet paid back (n=18, q4_0: 2.5 ms CPU a layer against 3.9).
 
 
 def dequantize(w, qtype) -> np.ndarray:
@@ -708,7 +760,7 @@ def matmul_outer(x, w, qtype) -> np.ndarray:
     return y
 
 
-OUTER_MIN_N = 96  # from this many tokens on, the outer design (see MATMUL_DESIGN)
+OUTER_MIN_N = 40  # from this many tokens on, the outer design (the numbers are above)
 
 
 def matmul(x, w, qtype) -> np.ndarray:
