@@ -46,6 +46,8 @@ DESIGNS = {
     "numpy tile+BLAS": numpy_backend.matmul,
     "numba dot": numba_backend.matmul_dot,
     "numba outer": numba_backend.matmul_outer,
+    "numba int8": numba_backend.matmul_int8,  # integer dot products on the blocks (AVX-512 VNNI; Q8_0, Q4_0)
+    "numba int16": numba_backend.matmul_int16,
     "numba matmul()": numba_backend.matmul,  # what the runtime calls: the pick per case
 }
 
@@ -58,6 +60,15 @@ def stored_layer(qtype, rng):
         raw.flags.writeable = False
         out.append(raw)
     return out
+
+
+def takes(design, f, qtype, x, w):
+    """Whether the design runs this type on this machine (the integer one: Q8_0 and Q4_0, with AVX-512 VNNI)."""
+    try:
+        f(x, w, qtype)
+        return True
+    except (NotImplementedError, ValueError):
+        return False
 
 
 def bench(types, ns, seconds):
@@ -74,6 +85,8 @@ def bench(types, ns, seconds):
             cpu = {d: [] for d in DESIGNS}
             for _ in range(3):  # three passes over the designs; within a pass, one design runs back to back
                 for d, f in DESIGNS.items():
+                    if not takes(d, f, qtype, xs[768][:1], layer[0]):
+                        continue
                     deadline = time.perf_counter() + seconds / 3
                     for rep in range(1000):
                         t0, c0 = time.perf_counter(), time.process_time()
@@ -84,7 +97,8 @@ def bench(types, ns, seconds):
                             cpu[d].append(time.process_time() - c0)
                         if rep >= 2 and time.perf_counter() > deadline:
                             break
-            cells = [f"{flops / np.median(wall[d]) / 1e9:7.1f}/{flops / np.median(cpu[d]) / 1e9:<7.1f}" for d in DESIGNS]
+            cells = [f"{flops / np.median(wall[d]) / 1e9:7.1f}/{flops / np.median(cpu[d]) / 1e9:<7.1f}" if wall[d] else "-"
+                     for d in DESIGNS]
             print(f"{tname:6} {n:5d}  " + "  ".join(f"{c:>16}" for c in cells), f"  load {os.getloadavg()[0]:.1f}", flush=True)
 
 
@@ -93,7 +107,10 @@ def main():
     p.add_argument("--types", nargs="+", default=["f32", "f16", "bf16", "q8_0", "q4_0"])
     p.add_argument("--n", nargs="+", type=int, default=[1, 18, 96, 512, 4096])
     p.add_argument("--seconds", type=float, default=1.0, help="time budget per design and case")
+    p.add_argument("--designs", nargs="+", choices=list(DESIGNS), metavar="DESIGN", help=f"only these of: {', '.join(DESIGNS)}")
     args = p.parse_args()
+    for name in set(DESIGNS) - set(args.designs or DESIGNS):
+        del DESIGNS[name]
     print(f"numba threads {numba_backend.numba.get_num_threads()}, vectors of {numba_backend.LANES} floats, numpy {np.__version__}")
     bench(args.types, args.n, args.seconds)
 

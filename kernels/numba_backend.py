@@ -1,21 +1,19 @@
 """The Numba kernels: the same functions as numpy_backend, compiled.
 
 Per type there is only a row decoder (`_decode_q8_0(src, dst)` ...: one stored row -> float32, bit-exact with
-gguf.quants) and one function mapping type ids to them (`_decode_row`). Everything else is generic: matmul is
-built per type by `_build_matmul` from the decoder and one float micro-kernel (`_dot_4x6`).
+gguf.quants) and one function mapping type ids to them (`_decode_row`). Everything else is generic: the matmul
+designs take the type id and decode rows through `_decode_row`.
 
-matmul, one design for every batch size (the numbers are in MATMUL_DESIGN below): a task is a panel of 32 rows
-of W and a chunk of up to ~264 tokens; the thread that claims it decodes the panel into a 96 KiB float32 scratch
-(L2-resident, never a copy of the whole weight) and multiplies the chunk's tokens by it, four rows by six tokens
-at a time. Threads claim tasks from a shared counter until none are left, so a thread the OS descheduled costs
-at most one task, not half the work; no BLAS, so no second thread pool.
+matmul, three designs (the numbers are in the comments above `matmul`): below 40 tokens "dot" (a task decodes
+32 rows of W to float32 and multiplies a chunk of tokens by them, four rows by six tokens at a time); from 40
+tokens on, for Q8_0 and Q4_0 on CPUs with AVX-512 VNNI, "int" (activations quantized once per matmul to int16
+blocks, integer dot products with the weight blocks as stored: vpdpwssd), otherwise "outer" (32 decoded rows
+packed side by side, outer products with 12 tokens at a time). Threads claim tasks from a shared counter until
+none are left, so a thread the OS descheduled costs at most one task, not half the work; no BLAS, so no
+second thread pool.
 
-No integer (int8-activation) path. What was tried: through Numba, LLVM turns an i8 x i8 -> i32 sum over a loop
-of run-time length into vpmaddwd or vpdpwssd, never vpdpbusd; a ggml-style per-block kernel built that way ran
-at ~4 GFLOP/s against the float kernel's ~45 (n=16, before 512-bit vectors), with 5e-3 (normal) to 9e-3
-(heavy-tailed) relative error from quantizing activations -- more than the accuracy bars leave room for (Q8_0's
-reference min cosine is 0.9980 against a 0.998 bar). Doing better needs explicit vectors (an @intrinsic emitting
-llvm.x86.avx512.vpdpbusd with a generic fallback) and a looser numba-vs-numpy tolerance.
+Integer activations: int8 (ggml's Q8_0 activation blocks, vpdpbusd) would be twice the float speed here but
+fails the accuracy bars; int16 keeps them (the numbers are above the integer kernels).
 """
 from __future__ import annotations
 
@@ -47,7 +45,17 @@ def _allow_512_bit_vectors():
     except Exception:  # llvmlite cannot query this host: leave Numba's defaults
         return
     if "+avx512f" in features.split(","):
-        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit"
+        os.environ["NUMBA_CPU_FEATURES"] = features + ",-prefer-256-bit" + _keep_vpdpwssd(llvm, features)
+
+
+def _keep_vpdpwssd(llvm, features: str) -> str:
+    """",+fast-dpwssd" where LLVM would otherwise split the integer kernel's vpdpwssd in two. Since LLVM 18 the
+    machine combiner turns each vpdpwssd into vpmaddwd + vpaddd on CPUs not tuned "fast-dpwssd" (Sapphire and
+    Emerald Rapids among them), which put twice the instructions in the int16 kernel's inner loop: measured here,
+    q4_0 n=512, 88 GFLOP per CPU-second split against 175 kept (one vpdpwssd: 32 multiply-adds, like two FMAs)."""
+    if "+avx512vnni" in features.split(",") and llvm.llvm_version_info >= (18,):
+        return ",+fast-dpwssd"
+    return ""
 
 
 _allow_512_bit_vectors()
@@ -453,7 +461,11 @@ def _multiply(x, t0, t1, xo, w, r0, r1, wo, k, y, yt0, yc0):
 # the instructions (vfmadd231ps zmm with a broadcast operand here; smaller vectors on other CPUs).
 
 def _host_has(feature: str) -> bool:
-    return f"+{feature}" in os.environ.get("NUMBA_CPU_FEATURES", "").split(",") or _host_features_have(feature)
+    """Whether Numba compiles for a CPU with this feature: NUMBA_CPU_FEATURES where set (as Numba reads it),
+    else the host's."""
+    if os.environ.get("NUMBA_CPU_FEATURES"):
+        return f"+{feature}" in os.environ["NUMBA_CPU_FEATURES"].split(",")
+    return _host_features_have(feature)
 
 
 def _host_features_have(feature: str) -> bool:
@@ -681,6 +693,302 @@ def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The integer path, for Q8_0 and Q4_0 weights on CPUs with AVX-512 VNNI: multiply-adds on the blocks' own
+# integers, as ggml does, instead of decoding them to float32. Two widths of activation:
+#
+#   activations: each row of x, once per matmul, in blocks of 32 values: dx = max|x| / L, qx = rint(x / dx)
+#                (int8 with L = 127, or int16 with L = 32767), and per block cx = -offset * sum(qx)
+#   weights:     each block's integers, packed like the outer design's panels (the values of 32 rows side by
+#                side, 4 bytes of each row at a time): with int8 activations as unsigned bytes u = q + offset
+#                (Q4_0: the nibble itself, offset 8; Q8_0: q + 128, offset 128), [k / 4][32 rows][4 x u8];
+#                with int16 activations as int16 q (offset 0), [k / 2][32 rows][2 x s16]
+#   product:     sum_i u_i qx_i + cx = sum_i q_i qx_i exactly, in int32 (vpdpbusd: u8 x s8, four products a
+#                lane; vpdpwssd: s16 x s16, two), then y += (dw * dx) * that sum in float32, block by block.
+#
+# Per block of 32 values and 16 rows the int8 kernel issues 8 vpdpbusd, the int16 kernel 16 vpdpwssd, and both
+# a convert, a multiply and an FMA, where the float kernel issues 32 FMAs after decoding each weight to float.
+# The price is the rounding of the activations: per value up to half a step, 1/254 (int8) or 1/65534 (int16)
+# of its block's largest |x|; the tests bound the error so.
+#
+# Why int16 (matmul's INT_BITS), measured on this Xeon (Emerald Rapids) while another job shared it. Speed,
+# python bench/kernels.py, one layer, GFLOP per CPU-second, designs back to back in one run:
+#                       dot   outer   int8   int16
+#     q4_0 n=18          71     61     76     59
+#     q4_0 n=512         74     93    185    141
+#     q4_0 n=4096        93    121    188    147
+#     q8_0 n=512        108     99    200    130
+#     q8_0 n=4096       102    135    262    177
+# Accuracy, the 205 reference texts in document mode against sentence-transformers (files from the ggml
+# quantizer), cosine mean / min:
+#     q8_0   float 0.999875 / 0.999243   int8 0.999667 / 0.998101   int16 0.999875 / 0.999242
+#     q4_0   float 0.968480 / 0.844444   int8 0.968269 / 0.845219   int16 0.968481 / 0.844447
+# and against the float path: int8 min 0.99901 (q8_0) and 0.99926 (q4_0), int16 0.9999999 (both). int8 fails
+# the Q8_0 bar (mean 0.9997) and the numba-vs-numpy agreement (0.99999) for both types, like llama.cpp's own
+# int8 activations (0.99967 on Q8_0); int16 changes nothing measurable and is ~1.2-1.4x the outer design. On
+# this core vpdpwssd (32 multiply-adds) issues once a cycle where FMAs (16) issue twice, so int16 gains only
+# through skipping the float decode and packing half the bytes; on CPUs whose VNNI has the FMA's throughput
+# (Zen 4) it should gain more. Below 40 tokens the dot design stays (packing is not paid back).
+#
+# LLVM does not emit either instruction from loops (see the module docstring), so the tile is written in vector
+# IR calling llvm.x86.avx512.vpdpbusd.512 / vpdpwssd.512. It exists only where the CPU has AVX-512 VNNI (and
+# BW); elsewhere (ARM, older x86, NUMBA_DISABLE_JIT) INT_DOT is False and matmul takes the float designs.
+
+INT_DOT = _WIDE and _host_has("avx512vnni") and _host_has("avx512bw") and not numba.config.DISABLE_JIT
+QB = 32  # values per block, of the weights and of the quantized activations
+INT_MR = 6  # tokens per integer micro-tile: 12 int32 block sums + 12 float sums + 2 weight vectors in 32 zmm
+INT_OFFSET = {Q8_0: 128, Q4_0: 8}  # int8 activations: u = q + offset, so that u is an unsigned byte
+LEVELS = {8: 127.0, 16: 32767.0}  # activation bits -> largest |qx|
+
+i8_rows = types.int8[:, ::1]
+i16_rows = types.int16[:, ::1]
+i32_rows = types.int32[:, ::1]
+i32_rows_ro = types.Array(types.int32, 2, "C", readonly=True)
+_int_rows = {8: i8_rows, 16: i16_rows}
+_int_rows_ro = {bits: types.Array(t.dtype, 2, "C", readonly=True) for bits, t in _int_rows.items()}
+
+
+@_jit([types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64, types.int64)
+       for q in _int_rows.values()], fastmath=FAST)
+def _quantize_rows(x, levels, offset, qx, dx, cx, t0, t1):
+    """For rows t0 <= t < t1 and each block b of 32 values: dx = max|x| / levels, qx = rint(x / dx) in
+    -levels..levels (0 for an all-zero block), cx = -offset * sum(qx)."""
+    n_blocks = dx.shape[1]
+    block = x.shape[1] // n_blocks if n_blocks else QB  # 32, from the sizes: see the block decoders' comment
+    for t in range(t0, t1):
+        for b in range(n_blocks):
+            xb, qb = x[t, block * b:block * (b + 1)], qx[t, block * b:block * (b + 1)]
+            top = np.int32(0)  # max |x| through the bits: for |x| they order as the floats do (see _max)
+            for i in range(block):
+                top = max(top, _bits_of(xb[i]) & np.int32(0x7FFFFFFF))
+            amax = _f32_from_bits(top)
+            inverse = levels / amax if amax > np.float32(0.0) else np.float32(0.0)
+            total = np.int32(0)
+            for i in range(block):
+                v = np.int32(np.rint(xb[i] * inverse))
+                qb[i] = v
+                total += v
+            dx[t, b] = amax / levels
+            cx[t, b] = -offset * total
+
+
+@_jit([types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64)
+       for q in _int_rows.values()], parallel=True)
+def _quantize_parallel(x, levels, offset, qx, dx, cx, rows_per_task):
+    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
+    for task in prange(n_tasks):
+        t0 = np.int64(task) * rows_per_task
+        _quantize_rows(x, levels, offset, qx, dx, cx, t0, min(x.shape[0], t0 + rows_per_task))
+
+
+@_jit([types.void(types.int64, u8_row, types.int32, q, f32_row, types.int64) for q in (types.int8[::1], types.int16[::1])])
+def _block_integers(qtype, src, offset, dst, scales, stride):
+    """One stored Q8_0 / Q4_0 row as integers q + offset (dst: k values, int16, or int8 storage holding the
+    unsigned bytes q + offset in 0..255) and its block scales
+    (scales[b * stride], float32)."""
+    halves = src.view(np.uint16)
+    if qtype == Q8_0:
+        n_blocks = src.size // 34
+        block = dst.size // n_blocks if n_blocks else QB
+        signed = src.view(np.int8)
+        for b in range(n_blocks):
+            scales[b * stride] = _half(halves[17 * b])
+            qb, ub = signed[34 * b + 2:34 * b + 2 + block], dst[block * b:block * (b + 1)]
+            for i in range(block):
+                ub[i] = np.int32(qb[i]) + offset
+    else:
+        n_blocks = src.size // 18
+        half = dst.size // n_blocks // 2 if n_blocks else QB // 2
+        for b in range(n_blocks):
+            scales[b * stride] = _half(halves[9 * b])
+            qb = src[18 * b + 2:18 * b + 2 + half]
+            lo, hi = dst[2 * half * b:2 * half * b + half], dst[2 * half * b + half:2 * half * (b + 1)]
+            for j in range(half):
+                lo[j] = np.int32(qb[j] & np.uint8(15)) + (offset - 8)
+                hi[j] = np.int32(qb[j] >> np.uint8(4)) + (offset - 8)
+
+
+if INT_DOT:
+
+    def _int_tile_codegen(context, builder, signature, args):
+        m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc = args
+        qx_a, dx_a, cx_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (1, 2, 3))
+        pa = context.make_array(signature.args[5])(context, builder, packed)
+        sa = context.make_array(signature.args[6])(context, builder, scales)
+        ya = context.make_array(signature.args[8])(context, builder, y)
+        width = signature.args[1].dtype.bitwidth // 8  # bytes per activation value: 1 or 2
+        per_lane = 4 // width  # values one int32 lane multiplies and adds
+        i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+        i8p = i8.as_pointer()
+        vi, vf = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+        name = "llvm.x86.avx512.vpdpbusd.512" if width == 1 else "llvm.x86.avx512.vpdpwssd.512"
+        dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi, [vi, vi, vi]), name)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
+        splat_mask = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+        def splat(value, vec):
+            undef = ir.Constant(vec, ir.Undefined)
+            return builder.shuffle_vector(builder.insert_element(undef, value, ir.Constant(i32, 0)), undef, splat_mask)
+
+        def row(array, index, element):  # pointer to the start of row `index`
+            stride = builder.extract_value(array.strides, 0)
+            at = builder.gep(builder.bitcast(array.data, i8p), [builder.mul(index, stride)])
+            return builder.bitcast(at, element.as_pointer())
+
+        def c64(v):
+            return ir.Constant(i64, v)
+
+        nv = NR // 16  # int32 vectors across a panel's rows
+        done = builder.append_basic_block("int.done")
+        switch = builder.switch(m, done)
+        for mr in range(1, INT_MR + 1):
+            block = builder.append_basic_block(f"int.m{mr}")
+            switch.add_case(ir.Constant(m.type, mr), block)
+            builder.position_at_end(block)
+            tokens = [builder.add(t0, c64(a)) for a in range(mr)]
+            q_rows = [row(qx_a, t, i8) for t in tokens]
+            d_rows = [row(dx_a, t, f32) for t in tokens]
+            c_rows = [row(cx_a, t, i32) for t in tokens]
+            sums = [[cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * 16)) for _ in range(nv)] for _ in range(mr)]
+            with cgutils.for_range(builder, n_blocks) as loop:
+                b = loop.index
+                panel = builder.gep(builder.bitcast(pa.data, i8p), [builder.mul(b, c64(QB * width * NR))])
+                acc = [[splat(builder.load(builder.gep(c_rows[a], [b])), vi)] * nv for a in range(mr)]
+                for s in range(QB // per_lane):  # per_lane values of the block a step
+                    wv = [builder.load(builder.bitcast(builder.gep(panel, [c64(4 * (s * NR + 16 * v))]), vi.as_pointer()), align=1)
+                          for v in range(nv)]
+                    for a in range(mr):
+                        at = builder.gep(q_rows[a], [builder.add(builder.mul(b, c64(QB * width)), c64(4 * s))])
+                        xv = splat(builder.load(builder.bitcast(at, i32.as_pointer()), align=1), vi)
+                        acc[a] = [builder.call(dot, [acc[a][v], wv[v], xv]) for v in range(nv)]
+                scales_b = builder.gep(sa.data, [builder.mul(b, c64(NR))])  # the block's NR weight scales
+                dw = [builder.load(builder.bitcast(builder.gep(scales_b, [c64(16 * v)]), vf.as_pointer()), align=4) for v in range(nv)]
+                for a in range(mr):
+                    d = splat(builder.load(builder.gep(d_rows[a], [b])), vf)
+                    for v in range(nv):
+                        total = builder.sitofp(acc[a][v], vf)
+                        builder.store(builder.call(fma, [total, builder.fmul(dw[v], d), builder.load(sums[a][v])]), sums[a][v])
+            for a in range(mr):
+                out = builder.gep(row(ya, builder.add(yt, c64(a)), f32), [yc])
+                for v in range(nv):
+                    builder.store(builder.load(sums[a][v]), builder.bitcast(builder.gep(out, [c64(16 * v)]), vf.as_pointer()), align=4)
+            builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def _int_tile(typingctx, m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc):
+        """y[yt + a, yc:yc + NR] = sum over blocks b of (scales[b] * dx[t0 + a, b]) * (packed block b . qx[t0 + a]
+        block b + cx[t0 + a, b]), for a < m <= INT_MR; int8 qx with packed u8, int16 qx with packed s16 (both in
+        float32 storage); no bounds checks."""
+        if not (isinstance(qx, types.Array) and qx.dtype in (types.int8, types.int16)):
+            return None
+        return types.void(m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc), _int_tile_codegen
+
+
+
+if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
+
+    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, u8_rows, f32_rows, i64_counter, types.int64, types.int64)
+           for q in _int_rows_ro.values()])
+    def _int_worker(qtype, qx, dx, cx, offset, w, y, counter, group, n_tasks):
+        """Claim tasks of `group` panels of NR rows until none are left: their blocks as integers q + offset of
+        qx's width, packed 4 bytes of each row at a time, and their scales [block][NR]; then every token times
+        them, INT_MR tokens a tile."""
+        n, k = qx.shape
+        n_blocks = dx.shape[1]
+        rows = w.shape[0]
+        integers = np.zeros((NR, k), qx.dtype)  # int8 storage holds the unsigned bytes q + offset
+        unpacked = integers.view(np.float32)  # so that _pack moves them, 4 bytes at a time
+        packed = np.empty((group, unpacked.shape[1] * NR), np.float32)
+        scales = np.zeros((group, n_blocks * NR), np.float32)
+        spill = np.empty((INT_MR, NR), np.float32)
+        while True:
+            task = _claim(counter)
+            if task >= n_tasks:
+                break
+            first = task * group * NR
+            panels = min(group, (rows - first + NR - 1) // NR)
+            for p in range(panels):
+                r0 = first + p * NR
+                nr = min(NR, rows - r0)
+                for j in range(nr):
+                    _block_integers(qtype, w[r0 + j], offset, integers[j], scales[p, j:], NR)
+                unpacked[nr:] = np.float32(0.0)
+                for j in range(nr, NR):
+                    scales[p, j::NR] = np.float32(0.0)
+                _pack(unpacked, packed[p])
+            for t in range(0, n, INT_MR):
+                m = min(INT_MR, n - t)
+                for p in range(panels):
+                    r0 = first + p * NR
+                    nr = min(NR, rows - r0)
+                    if nr == NR:
+                        _int_tile(m, qx, dx, cx, t, packed[p], scales[p], n_blocks, y, t, r0)
+                    else:
+                        _int_tile(m, qx, dx, cx, t, packed[p], scales[p], n_blocks, spill, 0, 0)
+                        y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
+
+    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, u8_rows, f32_rows, types.int64, types.int64, types.int64)
+           for q in _int_rows_ro.values()], parallel=True)
+    def _int_parallel(qtype, qx, dx, cx, offset, w, y, group, n_tasks, n_workers):
+        counter = np.zeros(1, np.int64)
+        for _ in prange(n_workers):
+            _int_worker(qtype, qx, dx, cx, offset, w, y, counter, group, n_tasks)
+
+
+QUANTIZE_ROWS = 64  # rows of x a parallel activation-quantizing task takes
+
+
+def quantize_activations(x, bits, offset=0):
+    """x (n, k) float32 -> (qx (n, k) int8 or int16, dx float32 (n, k / 32), cx int32 (n, k / 32)) as the
+    integer matmul reads them (see the comment above _quantize_rows)."""
+    n, k = x.shape
+    qx = np.empty((n, k), np.int8 if bits == 8 else np.int16)
+    dx = np.empty((n, k // QB), np.float32)
+    cx = np.empty((n, k // QB), np.int32)
+    levels, offset = np.float32(LEVELS[bits]), np.int32(offset)
+    if n >= 2 * QUANTIZE_ROWS and numba.get_num_threads() > 1:
+        _quantize_parallel(x, levels, offset, qx, dx, cx, QUANTIZE_ROWS)
+    else:
+        _quantize_rows(x, levels, offset, qx, dx, cx, 0, n)
+    return qx, dx, cx
+
+
+def matmul_int(x, w, qtype, bits=16) -> np.ndarray:
+    """Design "int": activations quantized once to int8 or int16 blocks, then integer dot products against the
+    weight blocks as they lie (AVX-512 VNNI), tasks of NR rows as in the outer design. Q8_0 and Q4_0 only."""
+    if not INT_DOT:
+        raise NotImplementedError("the integer matmul needs a CPU with AVX-512 VNNI (and Numba compiling)")
+    w, rows, k = weight_bytes(w, qtype)
+    if int(qtype) not in INT_OFFSET:
+        raise ValueError(f"the integer matmul takes Q8_0 and Q4_0 weights, not {block_format(qtype)[0]}")
+    x = activations(x, k, block_format(qtype)[0])
+    n = x.shape[0]
+    y = np.empty((n, rows), np.float32)
+    if n == 0 or rows == 0:
+        return y
+    offset = INT_OFFSET[int(qtype)] if bits == 8 else 0
+    qx, dx, cx = quantize_activations(x, bits, offset)
+    n_panels = -(-rows // NR)
+    threads = _threads(n_panels)
+    group = max(1, min(4, n_panels // (4 * threads)))
+    n_tasks = -(-n_panels // group)
+    if threads > 1:
+        _int_parallel(int(qtype), qx, dx, cx, np.int32(offset), w, y, group, n_tasks, threads)
+    else:
+        _int_worker(int(qtype), qx, dx, cx, np.int32(offset), w, y, np.zeros(1, np.int64), group, n_tasks)
+    return y
+
+
+def matmul_int8(x, w, qtype) -> np.ndarray:
+    return matmul_int(x, w, qtype, 8)
+
+
+def matmul_int16(x, w, qtype) -> np.ndarray:
+    return matmul_int(x, w, qtype, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The public functions: same signatures as numpy_backend.
 
 # Why these designs, and no BLAS: python bench/kernels.py, one layer's seven matmuls, GFLOP/s wall / per
@@ -760,13 +1068,19 @@ def matmul_outer(x, w, qtype) -> np.ndarray:
     return y
 
 
-OUTER_MIN_N = 40  # from this many tokens on, the outer design (the numbers are above)
+OUTER_MIN_N = 40  # from this many tokens on, the outer design or the integer one (the numbers are above)
+INT_TYPES = frozenset(INT_OFFSET) if INT_DOT else frozenset()  # the types the integer design takes here
+INT_BITS = 16  # the integer design's activations: int16 (int8 fails the accuracy bars; the numbers are above)
 
 
 def matmul(x, w, qtype) -> np.ndarray:
     """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows)."""
     n = np.shape(x)[0] if np.ndim(x) == 2 else 0
-    return matmul_outer(x, w, qtype) if n >= OUTER_MIN_N else matmul_dot(x, w, qtype)
+    if n < OUTER_MIN_N:
+        return matmul_dot(x, w, qtype)
+    if int(qtype) in INT_TYPES:
+        return matmul_int(x, w, qtype, INT_BITS)
+    return matmul_outer(x, w, qtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,48 @@ def assert_matmul_close(y, x, w_float, tol):
     assert err.max() <= tol, f"worst error {err.max():.3g} of the |x|·|W| scale exceeds {tol:g}"
 
 
+def int_bits(backend, qtype, n):
+    """The width numba's matmul quantizes the activations to for this case (its integer design), or None."""
+    if backend is None or backend is not numba_backend:
+        return None
+    if n >= numba_backend.OUTER_MIN_N and int(qtype) in numba_backend.INT_TYPES:
+        return numba_backend.INT_BITS
+    return None
+
+
+def quantized_activations(x, bits):
+    """numpy's version of the integer design's activations: per block of 32 values, dx = max|x| / L and
+    qx = rint(x * (L / max|x|)) in float32 arithmetic, L = 127 (int8) or 32767 (int16). qx as float64 (n, k)."""
+    levels = np.float32(127.0 if bits == 8 else 32767.0)
+    blocks = x.reshape(x.shape[0], -1, 32)
+    amax = np.abs(blocks).max(axis=2, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inverse = np.where(amax > 0, levels / amax, np.float32(0.0)).astype(np.float32)
+    qx = np.rint(blocks * inverse)
+    return qx.reshape(x.shape).astype(np.float64), (amax / levels)[..., 0]
+
+
+def assert_int_matmul_close(y, x, w_float, bits):
+    """What quantizing the activations may change: each value of x moves by at most half a step, dx / 2, so
+    y moves from x @ W.T by at most sum over blocks of dx / 2 * sum |w| over the block; plus float32 rounding."""
+    _, dx = quantized_activations(x, bits)
+    rows = w_float.shape[0]
+    w_abs = np.abs(w_float.astype(np.float64)).reshape(rows, -1, 32).sum(axis=2)
+    bound = (dx.astype(np.float64) / 2) @ w_abs.T
+    x64, w64 = x.astype(np.float64), w_float.astype(np.float64)
+    err = np.abs(y - x64 @ w64.T) - bound - 2e-6 * (np.abs(x64) @ np.abs(w64).T)
+    assert y.dtype == np.float32 and err.max() <= 0, f"error beyond the activation-quantization bound by {err.max():.3g}"
+
+
+def assert_matmul_as_designed(y, backend, qtype, x, w_float):
+    """Float designs: the float32 bound; numba's integer design: the bound its activation quantization allows."""
+    bits = int_bits(backend, qtype, x.shape[0])
+    if bits is None:
+        assert_matmul_close(y, x, w_float, tol=2e-6)
+    else:
+        assert_int_matmul_close(y, x, w_float, bits)
+
+
 # --- bit-exact decoding -----------------------------------------------------------------------------------------
 
 
@@ -122,7 +164,7 @@ def test_matmul_matches_float64(backend, qtype, rows, k, tiles):
     rng = np.random.default_rng(3)
     for n in NS:
         x = rng.standard_normal((n, k)).astype(np.float32)
-        assert_matmul_close(backend.matmul(x, raw, qtype), x, w_float, tol=2e-6)
+        assert_matmul_as_designed(backend.matmul(x, raw, qtype), backend, qtype, x, w_float)
 
 
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
@@ -149,7 +191,99 @@ def test_numba_equals_numpy(qtype):
     np.testing.assert_array_equal(numba_backend.dequantize_rows(raw, qtype, ids), numpy_backend.dequantize_rows(raw, qtype, ids))
     x = np.random.default_rng(7).standard_normal((NS[-1], k)).astype(np.float32)
     a, b = numba_backend.matmul(x, raw, qtype), numpy_backend.matmul(x, raw, qtype)
-    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+    if int_bits(numba_backend, qtype, x.shape[0]) is None:
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+    else:  # numpy's float32 product stands in for the exact one
+        assert_int_matmul_close(a, x, numpy_backend.dequantize(raw, qtype), int_bits(numba_backend, qtype, x.shape[0]))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
+
+
+# --- the integer design (AVX-512 VNNI) ---------------------------------------------------------------------------
+
+needs_int = pytest.mark.skipif(numba_backend is None or not numba_backend.INT_DOT, reason="no integer design here (needs AVX-512 VNNI and Numba compiling)")
+INT_NS = [1, 7, 40, 300]
+INT_SHAPES = [(301, 768), (97, 1152), (70, 3072)]  # rows not multiples of a panel: the spill path too
+
+
+@needs_int
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
+def test_quantized_activations_match_numpy(bits, qtype):
+    x = np.random.default_rng(10).standard_normal((300, 1152)).astype(np.float32)
+    x[3, 64:96] = 0.0  # an all-zero block: scale 0, integers 0
+    x[5] *= 1e4
+    qx, dx, cx = numba_backend.quantize_activations(x, bits, numba_backend.INT_OFFSET[qtype] if bits == 8 else 0)
+    want_q, want_d = quantized_activations(x, bits)
+    np.testing.assert_array_equal(qx, want_q)
+    np.testing.assert_allclose(dx, want_d, rtol=1e-7, atol=0)
+    offset = numba_backend.INT_OFFSET[qtype] if bits == 8 else 0
+    np.testing.assert_array_equal(cx, -offset * want_q.reshape(300, -1, 32).sum(axis=2))
+
+
+@needs_int
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,k", INT_SHAPES)
+def test_int_matmul_against_numpy(bits, qtype, rows, k):
+    """Twice: against the exact product of the quantized activations (only float32 rounding may differ), and
+    against the numpy oracle within what quantizing the activations can change."""
+    raw = stored(weights(rows, k, seed=11), qtype)
+    w_float = numpy_backend.dequantize(raw, qtype)
+    rng = np.random.default_rng(12)
+    for n in INT_NS:
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        x[0, :32] *= 50.0  # a block with an outlier, as Gemma's activations have
+        y = numba_backend.matmul_int(x, raw, qtype, bits)
+        qx, dx = quantized_activations(x, bits)
+        exact = (qx * np.repeat(dx, 32, axis=1)).astype(np.float32)
+        assert_matmul_close(y, exact, w_float, tol=2e-6)
+        assert_int_matmul_close(y, x, numpy_backend.dequantize(raw, qtype), bits)
+        np.testing.assert_allclose(y, numpy_backend.matmul(x, raw, qtype), rtol=0, atol=(0.02 if bits == 8 else 1e-4) * np.abs(y).max())
+
+
+@needs_int
+def test_int_matmul_takes_only_its_types():
+    with pytest.raises(ValueError, match="Q8_0 and Q4_0 weights, not F16"):
+        numba_backend.matmul_int(np.ones((2, 64), np.float32), weights(3, 64).astype(np.float16), T.F16)
+
+
+@pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
+def test_float_fallback_equals_numpy(qtype, monkeypatch):
+    """Where the CPU lacks VNNI, matmul takes the float designs: the same answers as numpy to float32 rounding."""
+    monkeypatch.setattr(numba_backend, "INT_TYPES", frozenset())
+    rows, k = SHAPES[0]
+    raw = stored(weights(rows, k, seed=13), qtype)
+    for n in (1, 7, 40, 300) if not NO_JIT else (1, 5, 40):
+        x = np.random.default_rng(n).standard_normal((n, k)).astype(np.float32)
+        a, b = numba_backend.matmul(x, raw, qtype), numpy_backend.matmul(x, raw, qtype)
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
+
+
+FEATURE_PROBE = """
+    import numpy as np, gguf
+    from kernels import numba_backend as nb, numpy_backend
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for qtype in (8, 2):
+        raw = gguf.quants.quantize(rng.standard_normal((70, 768)).astype(np.float32), qtype)
+        x = rng.standard_normal((300, 768)).astype(np.float32)
+        a, b = nb.matmul(x, raw, qtype), numpy_backend.matmul(x, raw, qtype)
+        worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
+    print(nb.INT_DOT, sorted(nb.INT_TYPES), worst)
+"""
+
+
+@pytest.mark.skipif(numba_backend is None or NO_JIT or not numba_backend.INT_DOT, reason="needs a VNNI host to take VNNI away from")
+def test_without_vnni_matmul_is_the_float_one(tmp_path):
+    """The same host compiling for a CPU without AVX-512 VNNI (NUMBA_CPU_FEATURES, as on older x86): no integer
+    design, and matmul agrees with numpy to float32 rounding."""
+    import llvmlite.binding as llvm
+
+    features = llvm.get_host_cpu_features().flatten().replace("+avx512vnni", "-avx512vnni")
+    done = run_python(FEATURE_PROBE, {"NUMBA_CPU_FEATURES": features, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:2] == ["False", "[]"] and float(done.stdout.split()[-1]) <= 2e-6, done.stdout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
