@@ -1,24 +1,25 @@
-"""Calibration: how much each input column of each linear layer matters, from the float model.
+"""Calibration: what the inputs of each linear layer look like, from the float model.
 
-The `search` quantizer weights each value's error by importance[column] = E[x_column²], the mean
-square of that column of the layer's input over a calibration set (llama.cpp's importance
-matrix, diagonal). To get it we convert the checkpoint to a temporary F32 GGUF, run edgegemma
-on the calibration texts and read the inputs of the linear layers from the forward pass's trace:
+The quantizers need, per weight tensor, statistics of the layer's input x over a calibration
+set: `imatrix` weights each value's error by importance[column] = E[x_column²] (llama.cpp's
+importance matrix), `gptq` uses the whole second moment H = E[x xᵀ] (converter.gptq). To get
+them we convert the checkpoint to a temporary F32 GGUF, run edgegemma on the calibration texts
+and read the inputs of the linear layers from the forward pass's trace:
 
     blk.N.attn_norm    -> attn_q, attn_k, attn_v      blk.N.ffn_norm    -> ffn_gate, ffn_up
     blk.N.attn_out_in  -> attn_output                 blk.N.ffn_down_in -> ffn_down
     pooled             -> dense_2                     dense_2           -> dense_3
 
-The embedding table gets no importance: a row is looked up, not multiplied, so every column
-counts alike, and a row weight (token frequency) would not change the scale a per-block search
-picks for that row's blocks. Its blocks get the unweighted search.
+The embedding table gets no statistics: a row is looked up, not multiplied, so every column
+counts alike. Its blocks get the unweighted scale search.
 
 The calibration texts are assembled here, from what every Python install has (standard-library
-source and docstrings, the licence text), plus short passages in twelve languages written for
-this file and a few prompts; none of them is one of the reference texts. About 6,000 tokens:
-a minute or two of float forward passes on two cores. The result is cached in the user's cache
-($EDGEGEMMA_HOME/calibration/<key>.npz), keyed by the checkpoint's size, a hash of its first
-and last megabytes and the calibration texts, so repeated conversions skip it.
+source and docstrings, the start of every topic of the reference manual in pydoc_data), plus
+short passages in eighteen languages, code in other languages and degenerate repetitive input
+written for this file; none of them is one of the reference texts. About 22,000 tokens: two
+minutes of float forward passes on two cores. The result (the second moments, ~340 MB) is cached
+in the user's cache ($EDGEGEMMA_HOME/calibration/<key>.npz), keyed by the checkpoint's size, a
+hash of its first and last megabytes and the calibration texts, so repeated conversions skip it.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from edgegemma import formats as F
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 3  # 2: full second moments, not only their diagonal; 3: span means for the dense head, the reference manual
 
 # Trace point -> the weights that take it as input.
 INPUTS: dict[str, tuple[str, ...]] = {
@@ -82,6 +83,18 @@ SNIPPETS = [  # code that is not Python, written for this file
     "2024-03-02T11:04:51Z INFO  worker-3 job=8812 status=ok duration_ms=412\n" * 12,  # repetitive, as logs are
 ]
 
+# Degenerate input: one token or a short pattern repeated for hundreds of tokens drives the
+# activations to extremes that ordinary prose never reaches, and 4-bit files fail there first.
+REPETITIVE = [
+    "rain " * 400,
+    "ok " * 150,
+    "x7 y8 " * 120,
+    "na" * 300 + " batman",
+    "Please hold, your call is important to us. " * 25,
+    "-=" * 200,
+    "🙂 " * 100,
+]
+
 
 def _stdlib_texts() -> list[str]:
     """Standard-library code and docstrings: the same on every install of one Python version."""
@@ -106,42 +119,120 @@ def _stdlib_texts() -> list[str]:
     return texts
 
 
+def _reference_manual(chars: int = 1000) -> list[str]:
+    """The start of every topic of the Python reference manual that pydoc ships (pydoc_data.topics):
+    English prose mixed with code, ~20,000 tokens. Enough rows for GPTQ's 1152 x 1152 moments."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions split pydoc_data out; the other texts still calibrate
+        return []
+    return [topics[name][:chars] for name in sorted(topics)]
+
+
 def calibration_texts() -> list[str]:
-    return MULTILINGUAL + SNIPPETS + _stdlib_texts()
+    return MULTILINGUAL + SNIPPETS + REPETITIVE + _stdlib_texts() + _reference_manual()
 
 
 class Statistics:
-    """Running Σ x² per column and the row count, for every trace point in INPUTS."""
+    """Running Σ xᵀx (the inputs' Gram matrix) and the row count, for every trace point in INPUTS."""
 
     def __init__(self):
-        self.sum_sq: dict[str, np.ndarray] = {}
+        self.gram: dict[str, np.ndarray] = {}
         self.rows: dict[str, int] = {}
 
     def __call__(self, name: str, value: np.ndarray) -> None:
         if not (name in INPUTS or (name.startswith("blk.") and name.count(".") == 2)):
             return
         v = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
-        self.sum_sq[name] = self.sum_sq.get(name, 0) + np.einsum("ij,ij->j", v, v)
+        self.gram[name] = self.gram.get(name, 0) + v.T @ v
         self.rows[name] = self.rows.get(name, 0) + v.shape[0]
 
-    def importance(self, n_layers: int) -> dict[str, np.ndarray]:
-        """GGUF tensor name -> E[x²] per input column, float32."""
+    def moments(self, n_layers: int) -> dict[str, np.ndarray]:
+        """Trace point -> E[x xᵀ] over the calibration rows, float32; ROWS_KEY -> the row counts."""
         out = {}
-        for point, kinds in INPUTS.items():
-            for layer in (range(n_layers) if "{bid}" in point else [None]):
-                name = point.format(bid=layer) if layer is not None else point
-                if name not in self.sum_sq:
-                    raise RuntimeError(f"calibration: the forward pass reported no {name!r}")
-                mean_sq = (self.sum_sq[name] / self.rows[name]).astype(np.float32)
-                for kind in kinds:
-                    out[F.tensor_name(kind, layer)] = mean_sq
+        points = [p.format(bid=layer) for p in INPUTS if "{bid}" in p for layer in range(n_layers)]
+        points += [p for p in INPUTS if "{bid}" not in p]
+        for name in points:
+            if name not in self.gram:
+                raise RuntimeError(f"calibration: the forward pass reported no {name!r}")
+            out[name] = (self.gram[name] / self.rows[name]).astype(np.float32)
+        out[ROWS_KEY] = np.array([self.rows[name] for name in points], np.int64)
         return out
+
+
+ROWS_KEY = "rows"  # in the moments: how many input rows each point saw, in the order of the points
+
+
+class Calibration:
+    """What the calibration run measured, per weight tensor: the second moment E[x xᵀ] of its
+    input (for the gptq quantizer), its diagonal E[x²] (the importance, for imatrix) and the
+    number of input rows behind it. Reads an .npz lazily: one matrix at a time in memory."""
+
+    def __init__(self, moments):
+        self._moments = moments
+        points = [k for k in moments.keys() if k != ROWS_KEY] if hasattr(moments, "keys") else []
+        self._rows = dict(zip(points, (int(r) for r in moments[ROWS_KEY])))
+        self._point = {}
+        for point, kinds in INPUTS.items():
+            for name in points:
+                if _matches(point, name):
+                    layer = int(name.split(".")[1]) if "{bid}" in point else None
+                    for kind in kinds:
+                        self._point[F.tensor_name(kind, layer)] = name
+
+    def __contains__(self, tensor: str) -> bool:
+        return tensor in self._point
+
+    def point(self, tensor: str) -> str:
+        """The trace point whose values are `tensor`'s input."""
+        return self._point[tensor]
+
+    def moment(self, tensor: str) -> np.ndarray:
+        return np.asarray(self._moments[self._point[tensor]], np.float32)
+
+    def importance(self, tensor: str) -> np.ndarray:
+        return np.ascontiguousarray(np.diagonal(self.moment(tensor)))
+
+    def rows(self, tensor: str) -> int:
+        return self._rows[self._point[tensor]]
+
+    def importances(self) -> dict[str, np.ndarray]:
+        return {t: self.importance(t) for t in self._point}
+
+
+def _matches(template: str, name: str) -> bool:
+    if "{bid}" not in template:
+        return template == name
+    head, tail = template.split("{bid}")
+    middle = name[len(head):len(name) - len(tail)] if name.startswith(head) and name.endswith(tail) else ""
+    return middle.isdigit()
+
+
+# The dense head's input is one mean-pooled vector per text: a few dozen rows, too few to estimate a
+# 768 x 768 second moment. Means over windows of each text's final hidden states (lengths below,
+# half-overlapping) stand in for more texts: each is what pooling gives for a text that long.
+SPAN_LENGTHS = (8, 16, 32, 64, 128, 256, 512)
+
+
+def span_means(x: np.ndarray, lengths: list[int]) -> np.ndarray:
+    """Means of half-overlapping windows of each sequence's rows of x (packed back to back)."""
+    means, start = [], 0
+    csum = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0, dtype=np.float64)])
+    for n in lengths:
+        for span in SPAN_LENGTHS:
+            if span >= n:
+                break
+            lo = np.arange(start, start + n - span + 1, span // 2)
+            means.append((csum[lo + span] - csum[lo]) / span)
+        start += n
+    return np.concatenate(means).astype(np.float32) if means else np.empty((0, x.shape[1]), np.float32)
 
 
 def collect(gguf_path: str | Path, texts: list[str], report: Callable[[str], None] = print,
             batch_tokens: int = 1024) -> dict[str, np.ndarray]:
-    """Run the float model in `gguf_path` over `texts` (prompts in turn) and return the importance per tensor."""
+    """Run the float model in `gguf_path` over `texts` (prompts in turn); the second moments per trace point."""
     import edgegemma
+    from edgegemma.model import linear
 
     model = edgegemma.load(gguf_path)
     prompts = list(model.prompts.values()) or [""]
@@ -149,15 +240,23 @@ def collect(gguf_path: str | Path, texts: list[str], report: Callable[[str], Non
     stats = Statistics()
     started, done = time.perf_counter(), 0
     batch: list[list[int]] = []
+
+    def note(name: str, value: np.ndarray) -> None:
+        stats(name, value)
+        if name == "output_norm":  # more rows for the dense head: see SPAN_LENGTHS
+            means = span_means(value, [len(s) for s in batch])
+            stats("pooled", means)
+            stats("dense_2", linear(means, model.model.weights.dense_2))
+
     for seq in sorted(ids, key=len) + [None]:  # None flushes the last batch
         if seq is not None and (not batch or sum(map(len, batch)) + len(seq) <= batch_tokens):
             batch.append(seq)
             continue
-        model.model.forward(batch, trace=stats)
+        model.model.forward(batch, trace=note)
         done += sum(map(len, batch))
         batch = [seq] if seq is not None else []
     report(f"calibration: {len(texts)} texts, {done} tokens through the float model in {time.perf_counter() - started:.1f} s")
-    return stats.importance(model.config.num_hidden_layers)
+    return stats.moments(model.config.num_hidden_layers)
 
 
 def cache_key(src: Path, texts: list[str]) -> str:
@@ -181,17 +280,16 @@ def cache_dir() -> Path:
     return cache.home() / "calibration"
 
 
-def importance(src: str | Path, report: Callable[[str], None] = print, use_cache: bool = True) -> dict[str, np.ndarray]:
-    """Importance per weight tensor of the checkpoint folder `src`, from the cache or computed now."""
+def statistics(src: str | Path, report: Callable[[str], None] = print, use_cache: bool = True) -> Calibration:
+    """The calibration statistics of the checkpoint folder `src`, from the cache or computed now."""
     from .writer import convert
 
     src = Path(src)
     texts = calibration_texts()
     path = cache_dir() / f"{cache_key(src, texts)}.npz"
     if use_cache and path.is_file():
-        with np.load(path) as data:
-            report(f"calibration: using cached statistics {path}")
-            return {k: data[k] for k in data.files}
+        report(f"calibration: using cached statistics {path}")
+        return Calibration(np.load(path))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgegemma-calibrate-") as tmp:
         f32 = Path(tmp) / "f32.gguf"
@@ -203,4 +301,9 @@ def importance(src: str | Path, report: Callable[[str], None] = print, use_cache
         tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.npz")
         np.savez(tmp_path, **result)
         os.replace(tmp_path, path)
-    return result
+    return Calibration(result)
+
+
+def importance(src: str | Path, report: Callable[[str], None] = print, use_cache: bool = True) -> dict[str, np.ndarray]:
+    """Importance E[x²] per input column of every weight tensor of the checkpoint folder `src`."""
+    return statistics(src, report, use_cache).importances()

@@ -49,5 +49,5 @@ def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe
     w.add_array(F.KEY_PROMPT_NAMES, list(ckpt.prompts))
     w.add_array(F.KEY_PROMPT_TEXTS, list(ckpt.prompts.values()))
     w.add_string(F.KEY_RECIPE, recipe.name)
-    w.add_string(F.KEY_QUANTIZER, quantizer)  # ggml, search or imatrix: how the block scales were chosen
+    w.add_string(F.KEY_QUANTIZER, quantizer)  # ggml, search, imatrix or gptq: how the blocks were filled
     w.add_string(F.KEY_CONVERTER_VERSION, CONVERTER_VERSION)

@@ -21,6 +21,7 @@ from gguf import GGUFValueType
 from edgegemma.formats import ARCH, QuantType
 
 from .checkpoint import Checkpoint, TensorSource, open_checkpoint
+from . import gptq
 from .errors import ConversionError
 from .metadata import add_metadata
 from .quantize import error_sums, pack, relative_rms, unpack
@@ -35,7 +36,7 @@ class TensorReport:
     shape: tuple[int, ...]  # numpy order (rows, cols)
     rel_rms_error: float
     note: str | None = None
-    weighted_error: float | None = None  # sqrt(Σ imp·Δw² / Σ imp·w²): the output error the importance predicts
+    weighted_error: float | None = None  # sqrt(Σ ΔW H ΔWᵀ / Σ W H Wᵀ), H = E[x xᵀ]: the relative output error on calibration inputs
 
 
 class _Writer(gguf.GGUFWriter):
@@ -67,14 +68,19 @@ class _Writer(gguf.GGUFWriter):
         return head + struct.pack("<IQ", item_type, len(val)) + items
 
 
-# --quantizer: how block scales are chosen. "imatrix" is "search" weighted by calibration statistics.
-QUANTIZERS = ("ggml", "search", "imatrix")
+# --quantizer: how block scales are chosen. "imatrix" is "search" weighted by calibration statistics;
+# "gptq" adds GPTQ's error compensation across each row's columns (converter.gptq).
+QUANTIZERS = ("ggml", "search", "imatrix", "gptq")
+CALIBRATED = frozenset({"imatrix", "gptq"})
+# GPTQ needs a second moment it can trust: at least this many calibration rows behind it
+# (four per dimension of the hidden state, which every linear layer's input derives from).
+GPTQ_MIN_ROWS = 3072
 BLOCK_TYPES = frozenset({"q8_0", "q4_0"})
 
 
 def default_quantizer(recipe: Recipe, types: list[QuantType]) -> str:
-    """imatrix when the file has block-quantized tensors, else ggml (float types have no scales to choose)."""
-    return "imatrix" if any(qt.name in BLOCK_TYPES for qt in types) else "ggml"
+    """gptq when the file has block-quantized tensors, else ggml (float types have no scales to choose)."""
+    return "gptq" if any(qt.name in BLOCK_TYPES for qt in types) else "ggml"
 
 
 class _Stream:
@@ -86,25 +92,30 @@ class _Stream:
     """
 
     def __init__(self, chunks: Iterator[np.ndarray], qt: QuantType, nbytes: int, rule: str = "ggml",
-                 importance: np.ndarray | None = None):
+                 moment: np.ndarray | None = None, gptq_factor: np.ndarray | None = None,
+                 gptq_order: np.ndarray | None = None):
         self.chunks, self.qt, self.nbytes = chunks, qt, nbytes
-        self.rule, self.importance = rule, importance
+        self.rule, self.moment, self.gptq_factor, self.gptq_order = rule, moment, gptq_factor, gptq_order
+        self.importance = None if moment is None else np.ascontiguousarray(np.diagonal(moment))
         self.err_sq = self.ref_sq = 0.0
-        self.werr_sq = self.wref_sq = 0.0  # importance-weighted, when there is an importance
+        self.werr_sq = self.wref_sq = 0.0  # Σ ΔW H ΔWᵀ and Σ W H Wᵀ: the output error over the calibration inputs
 
     def tofile(self, fout: BinaryIO) -> None:
         written = 0
         for chunk in self.chunks:
-            packed = pack(chunk, self.qt, self.rule, self.importance)
+            if self.gptq_factor is not None:
+                packed = gptq.pack(chunk, self.qt, self.gptq_factor, self.importance, self.gptq_order)
+            else:
+                packed = pack(chunk, self.qt, self.rule, self.importance)
             fout.write(memoryview(np.ascontiguousarray(packed)).cast("B"))
             written += packed.nbytes
             e, r = error_sums(chunk, packed, self.qt)
             self.err_sq += e
             self.ref_sq += r
-            if self.importance is not None:
+            if self.moment is not None:
                 diff = chunk - unpack(packed, self.qt).reshape(chunk.shape)
-                self.werr_sq += float(np.sum(np.square(diff) @ self.importance))
-                self.wref_sq += float(np.sum(np.square(chunk) @ self.importance))
+                self.werr_sq += float(np.sum((diff @ self.moment) * diff))
+                self.wref_sq += float(np.sum((chunk @ self.moment) * chunk))
         if written != self.nbytes:
             raise RuntimeError(f"wrote {written} bytes for a tensor declared as {self.nbytes}")
 
@@ -137,9 +148,10 @@ def convert(
 ) -> list[TensorReport]:
     """Convert the sentence-transformers folder `src` into the GGUF file `out` with a recipe.
 
-    quantizer: "ggml" (ggml's scales, gguf.quants' bytes), "search" (searched scales) or "imatrix"
-    (searched, weighted by calibration statistics, see converter.calibrate); None picks
-    default_quantizer (imatrix for files with Q4_0/Q8_0 tensors).
+    quantizer: "ggml" (ggml's scales, gguf.quants' bytes), "search" (searched scales), "imatrix"
+    (searched, weighted by calibration statistics, see converter.calibrate) or "gptq" (imatrix's
+    scales plus GPTQ's error compensation, see converter.gptq); None picks default_quantizer
+    (gptq for files with Q4_0/Q8_0 tensors).
 
     Raises ConversionError for anything wrong with the input or the output path; on any
     failure (KeyboardInterrupt included) the temporary file is removed and `out` is untouched.
@@ -159,11 +171,11 @@ def convert(
         quantizer = default_quantizer(recipe, [qt for _, qt, _ in plan])
     if quantizer not in QUANTIZERS:
         raise ConversionError(f"unknown --quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
-    importance: dict[str, np.ndarray] = {}
-    if quantizer == "imatrix" and any(qt.name in BLOCK_TYPES for _, qt, _ in plan):
-        from .calibrate import importance as calibrate
+    calibration = None
+    if quantizer in CALIBRATED and any(qt.name in BLOCK_TYPES for _, qt, _ in plan):
+        from .calibrate import statistics
 
-        importance = calibrate(src, report)
+        calibration = statistics(src, report)
     rule = "ggml" if quantizer == "ggml" else "search"
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -179,15 +191,21 @@ def convert(
         writer.write_ti_data_to_file()
         width = max(len(t.name) for t in ckpt.tensors)
         for i, (t, qt, note) in enumerate(plan):
-            imp = importance.get(t.name) if qt.name in BLOCK_TYPES else None
-            stream = _Stream(_chunks(ckpt, t, qt), qt, int(np.prod(_byte_shape(t.shape, qt))), rule, imp)
+            calibrated = calibration is not None and qt.name in BLOCK_TYPES and t.name in calibration
+            moment = calibration.moment(t.name) if calibrated else None
+            factor = None
+            order = None
+            if calibrated and quantizer == "gptq" and calibration.rows(t.name) >= GPTQ_MIN_ROWS:
+                order = gptq.activation_order(moment)
+                factor = gptq.inverse_factor(moment[np.ix_(order, order)])
+            stream = _Stream(_chunks(ckpt, t, qt), qt, int(np.prod(_byte_shape(t.shape, qt))), rule, moment, factor, order)
             writer.write_tensor_data(stream)  # type: ignore[arg-type]  # see _Stream
             err = relative_rms(stream.err_sq, stream.ref_sq)
-            werr = relative_rms(stream.werr_sq, stream.wref_sq) if imp is not None else None
+            werr = relative_rms(stream.werr_sq, stream.wref_sq) if moment is not None else None
             reports.append(TensorReport(t.name, qt, t.shape, err, note, werr))
             dims = "{" + ", ".join(map(str, reversed(t.shape))) + "}"  # GGUF order, as llama.cpp prints it
             report(f"[{i + 1:3d}/{len(plan)}] {t.name:<{width}}  {qt.name:<4}  {dims:<14}  rel.rms.err {err:.2e}"
-                   + (f"  imp.err {werr:.2e}" if werr is not None else "") + (f"  ({note})" if note else ""))
+                   + (f"  out.err {werr:.2e}" if werr is not None else "") + (f"  ({note})" if note else ""))
         writer.close()
         os.replace(tmp, out)
     except BaseException as e:

@@ -11,9 +11,10 @@ from typing import Callable, Sequence
 
 RECIPE_HELP = ("f32, f16, bf16, q8_0, q4_0, mixed (e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0) "
                "or e4_q8 (embedding table Q4_0, every other weight Q8_0)")
-QUANTIZER_HELP = ("how Q4_0/Q8_0 block scales are chosen: imatrix (default: scale search weighted by activation "
-                  "statistics from a calibration run of the float model, cached), search (unweighted scale search) "
-                  "or ggml (ggml's max rule, byte for byte what llama.cpp writes)")
+QUANTIZER_HELP = ("how Q4_0/Q8_0 blocks are filled: gptq (default: GPTQ error compensation in activation order, "
+                  "scales searched, from the float model's activations on calibration texts, cached), imatrix "
+                  "(scale search weighted by the same statistics), search (unweighted scale search) or ggml "
+                  "(ggml's max rule, byte for byte what llama.cpp writes)")
 
 
 def _convert(args: argparse.Namespace) -> int:

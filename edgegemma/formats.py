@@ -119,5 +119,5 @@ KEY_TOKENIZER_MODEL = KEY_PREFIX + "tokenizer.model"
 KEY_PROMPT_NAMES = KEY_PREFIX + "prompt_names"  # string array, from config_sentence_transformers.json
 KEY_PROMPT_TEXTS = KEY_PREFIX + "prompt_texts"  # string array, same order as the names
 KEY_RECIPE = KEY_PREFIX + "recipe"  # f32, f16, bf16, q8_0, q4_0, mixed, e4_q8
-KEY_QUANTIZER = KEY_PREFIX + "quantizer"  # which rule chose the block scales: ggml, search, imatrix
+KEY_QUANTIZER = KEY_PREFIX + "quantizer"  # which rule filled the blocks: ggml, search, imatrix, gptq
 KEY_CONVERTER_VERSION = KEY_PREFIX + "converter_version"

@@ -24,9 +24,12 @@ from edgegemma import cli
 from edgegemma import formats as F
 
 RECIPE_NAMES = ["f32", "f16", "bf16", "q8_0", "q4_0", "mixed", "e4_q8"]
-BLOCK_RECIPES = ["q8_0", "q4_0", "mixed", "e4_q8"]  # these get the imatrix quantizer by default
+BLOCK_RECIPES = ["q8_0", "q4_0", "mixed", "e4_q8"]  # these get the gptq quantizer by default
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "mixed": 2, "e4_q8": 7}  # llama.cpp's LLAMA_FTYPE_*
 MAX_ERROR = {"f32": 0.0, "f16": 1e-3, "bf16": 5e-3, "q8_0": 1e-2, "q4_0": 0.12}  # per tensor, relative RMS
+# GPTQ moves weights off their nearest level to cut the error of the layer's output, so the weights'
+# own error grows (real checkpoint, q4_0: up to 0.157, attn_output); a bound that still catches garbage.
+GPTQ_MAX_ERROR = {**MAX_ERROR, "q8_0": 2e-2, "q4_0": 0.2}
 
 
 def field(reader: gguf.GGUFReader, key: str):
@@ -89,11 +92,11 @@ def test_tensors_read_back(recipe, tiny_checkpoint, tiny_gguf):
 
 @pytest.mark.parametrize("recipe", BLOCK_RECIPES)
 def test_default_quantizer_files(recipe, tiny_checkpoint, tiny_gguf):
-    """The default (imatrix) file: the same types and block layout, read by gguf.quants, and for each
-    tensor no more importance-weighted error than ggml's rule."""
-    from converter.calibrate import importance as calibrate
+    """The default (gptq) file: the same types and block layout, read by gguf.quants, and for each
+    tensor with calibration statistics less output error on the calibration inputs than ggml's rule."""
+    from converter.calibrate import statistics
 
-    imp = calibrate(tiny_checkpoint, report=lambda line: None)
+    calibration = statistics(tiny_checkpoint, report=lambda line: None)
     ours = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe)).tensors}
     ggml = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe, "ggml")).tensors}
     source = hf_tensors(tiny_checkpoint)
@@ -103,22 +106,23 @@ def test_default_quantizer_files(recipe, tiny_checkpoint, tiny_gguf):
         assert t.tensor_type == ggml[name].tensor_type == expected_type(recipe, name, w.shape), name
         back = gguf.quants.dequantize(np.asarray(t.data), T(t.tensor_type)).reshape(w.shape)
         ref = gguf.quants.dequantize(np.asarray(ggml[name].data), T(t.tensor_type)).reshape(w.shape)
-        if name in imp:
-            weighted = lambda x: float(np.sum(np.square(x - w) @ imp[name]))
-            assert weighted(back) <= weighted(ref) * (1 + 1e-6), name
-        assert np.linalg.norm(back - w) / np.linalg.norm(w) <= MAX_ERROR[F.QUANT_TYPES[T(t.tensor_type)].name], name
+        if name in calibration:
+            h = calibration.moment(name).astype(np.float64)
+            output_error = lambda x: float(np.sum(((x - w) @ h) * (x - w)))  # Σ ΔW H ΔWᵀ
+            assert output_error(back) < output_error(ref), name
+        assert np.linalg.norm(back - w) / np.linalg.norm(w) <= GPTQ_MAX_ERROR[F.QUANT_TYPES[T(t.tensor_type)].name], name
         changed += np.asarray(t.data).tobytes() != np.asarray(ggml[name].data).tobytes()
-    assert changed > len(ours) // 2  # the search moved most tensors' scales
+    assert changed > len(ours) // 2  # most tensors' blocks differ from ggml's
     lines = tiny_gguf.lines[recipe]
     assert any(line.startswith("calibration: ") for line in lines)
-    assert "imp.err" in next(line for line in lines if "blk.0.attn_q.weight" in line)
-    assert "quantizer imatrix" in lines[-1]
+    assert "out.err" in next(line for line in lines if "blk.0.attn_q.weight" in line)
+    assert "quantizer gptq" in lines[-1]
 
 
 def test_unknown_quantizer(capsys, tiny_checkpoint, tmp_path):
     code, _, err = run_cli(capsys, tiny_checkpoint, "-o", tmp_path / "x.gguf", "--type", "q4_0", "--quantizer", "awq")
     assert code == 1 and list(tmp_path.iterdir()) == []
-    assert err.strip() == "edgegemma convert: error: unknown --quantizer 'awq'; valid: ggml, search, imatrix"
+    assert err.strip() == "edgegemma convert: error: unknown --quantizer 'awq'; valid: ggml, search, imatrix, gptq"
 
 
 def test_norms_are_stored_plus_one(tiny_checkpoint, tiny_gguf):
@@ -178,7 +182,7 @@ def test_metadata(recipe, tiny_checkpoint, tiny_gguf):
     assert stored["fact_checking"] == "task: fact checking | query: "
     assert stored["code_retrieval"] == "task: code retrieval | query: "
     assert field(reader, F.KEY_RECIPE) == recipe
-    assert field(reader, F.KEY_QUANTIZER) == ("imatrix" if recipe in BLOCK_RECIPES else "ggml")
+    assert field(reader, F.KEY_QUANTIZER) == ("gptq" if recipe in BLOCK_RECIPES else "ggml")
     assert field(reader, F.KEY_CONVERTER_VERSION)
     model = reader.get_field(F.KEY_TOKENIZER_MODEL)
     assert model.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT8]
@@ -449,4 +453,4 @@ def test_real_checkpoint_converts(recipe, real_gguf, hf_model_dir):
     assert len(reports) == 1 + 24 * 13 + 1 + 2
     assert {r.name: r.shape for r in reports}["token_embd.weight"] == (262144, 768)
     for r in reports:
-        assert r.rel_rms_error <= MAX_ERROR[r.type.name], (r.name, r.type.name, r.rel_rms_error)
+        assert r.rel_rms_error <= GPTQ_MAX_ERROR[r.type.name], (r.name, r.type.name, r.rel_rms_error)
