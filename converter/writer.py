@@ -18,6 +18,7 @@ import gguf
 import numpy as np
 from gguf import GGUFValueType
 
+from edgegemma import formats as F
 from edgegemma.formats import ARCH, QuantType
 
 from .checkpoint import Checkpoint, TensorSource, open_checkpoint
@@ -93,9 +94,10 @@ class _Stream:
 
     def __init__(self, chunks: Iterator[np.ndarray], qt: QuantType, nbytes: int, rule: str = "ggml",
                  moment: np.ndarray | None = None, gptq_factor: np.ndarray | None = None,
-                 gptq_order: np.ndarray | None = None):
+                 gptq_order: np.ndarray | None = None, lookup: bool = False):
         self.chunks, self.qt, self.nbytes = chunks, qt, nbytes
         self.rule, self.moment, self.gptq_factor, self.gptq_order = rule, moment, gptq_factor, gptq_order
+        self.lookup = lookup
         self.importance = None if moment is None else np.ascontiguousarray(np.diagonal(moment))
         self.err_sq = self.ref_sq = 0.0
         self.werr_sq = self.wref_sq = 0.0  # Σ ΔW H ΔWᵀ and Σ W H Wᵀ: the output error over the calibration inputs
@@ -106,7 +108,7 @@ class _Stream:
             if self.gptq_factor is not None:
                 packed = gptq.pack(chunk, self.qt, self.gptq_factor, self.importance, self.gptq_order)
             else:
-                packed = pack(chunk, self.qt, self.rule, self.importance)
+                packed = pack(chunk, self.qt, self.rule, self.importance, self.lookup)
             fout.write(memoryview(np.ascontiguousarray(packed)).cast("B"))
             written += packed.nbytes
             e, r = error_sums(chunk, packed, self.qt)
@@ -198,7 +200,8 @@ def convert(
             if calibrated and quantizer == "gptq" and calibration.rows(t.name) >= GPTQ_MIN_ROWS:
                 order = gptq.activation_order(moment)
                 factor = gptq.inverse_factor(moment[np.ix_(order, order)])
-            stream = _Stream(_chunks(ckpt, t, qt), qt, int(np.prod(_byte_shape(t.shape, qt))), rule, moment, factor, order)
+            stream = _Stream(_chunks(ckpt, t, qt), qt, int(np.prod(_byte_shape(t.shape, qt))), rule, moment, factor, order,
+                             lookup=t.name == F.tensor_name(F.TOKEN_EMBD))
             writer.write_tensor_data(stream)  # type: ignore[arg-type]  # see _Stream
             err = relative_rms(stream.err_sq, stream.ref_sq)
             werr = relative_rms(stream.werr_sq, stream.wref_sq) if moment is not None else None

@@ -1,5 +1,6 @@
-"""llama.cpp reads our files: the real checkpoint converted to q8_0 and mixed, embedded by
-llama.cpp (through llama-cpp-python) and held against sentence-transformers' reference.
+"""llama.cpp reads our files: the real checkpoint converted to q8_0 and mixed (by the default,
+GPTQ quantizer), embedded by llama.cpp (through llama-cpp-python), held against
+sentence-transformers' reference and against edgegemma on the very same file.
 
 llama.cpp runs in a child process: a native crash there (see DISABLE_REPACK) becomes a test
 failure with its stderr instead of taking pytest down. It is fed the reference's own token ids
@@ -16,6 +17,8 @@ import textwrap
 
 import numpy as np
 import pytest
+
+import edgegemma
 
 pytest.importorskip("llama_cpp", reason="llama_cpp (llama-cpp-python) not installed: llama.cpp interop skipped")
 
@@ -65,7 +68,8 @@ CHILD = textwrap.dedent("""
     print(llm.n_embd())
 """)
 
-MIN_MEAN_COSINE = {"q8_0": 0.999, "mixed": 0.97}
+MIN_MEAN_COSINE = {"q8_0": 0.999, "mixed": 0.97}  # against sentence-transformers
+MIN_AGREEMENT = 0.999  # mean cosine, llama.cpp against edgegemma on the same file (issue 6)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,12 @@ def test_llama_cpp_embeds_our_file(recipe, real_gguf, reference, tmp_path):
     cos = np.sum(ours * expected, axis=1)
     print(f"\nllama.cpp on our {recipe} file, document mode, {len(cos)} texts: mean cosine {cos.mean():.6f}, min {cos.min():.6f}")
     assert cos.mean() >= MIN_MEAN_COSINE[recipe], (cos.mean(), cos.min())
+
+    # The same token ids through edgegemma: the two runtimes read the file alike.
+    model = edgegemma.load(real_gguf(recipe))
+    ids = json.loads(ids_path.read_text())
+    sequences = [ids["token_ids"][str(i)]["document"] for i in ids["order"]]
+    mine = np.concatenate([model.model.forward(sequences[i:i + 16]) for i in range(0, len(sequences), 16)])
+    agreement = np.sum(ours * mine, axis=1)
+    print(f"llama.cpp against edgegemma on the same {recipe} file: mean cosine {agreement.mean():.6f}, min {agreement.min():.6f}")
+    assert agreement.mean() >= MIN_AGREEMENT, (agreement.mean(), agreement.min())
