@@ -64,7 +64,7 @@ def int_bits(backend, qtype, n):
     """The width numba's matmul quantizes the activations to for this case (its integer design), or None."""
     if backend is None or backend is not numba_backend:
         return None
-    if n >= numba_backend.OUTER_MIN_N and int(qtype) in numba_backend.INT_TYPES:
+    if int(qtype) in numba_backend.INT_TYPES:
         return numba_backend.INT_BITS
     return None
 
@@ -296,7 +296,7 @@ def test_matmul_takes_float_views_and_memmaps(backend, tmp_path):
     path = tmp_path / "w.bin"
     stored(w, T.Q8_0).tofile(path)
     mm = np.memmap(path, dtype=np.uint8, mode="r", shape=(40, 68))
-    assert_matmul_close(backend.matmul(x, mm, T.Q8_0), x, reference(np.asarray(mm), T.Q8_0), tol=2e-6)
+    assert_matmul_as_designed(backend.matmul(x, mm, T.Q8_0), backend, T.Q8_0, x, reference(np.asarray(mm), T.Q8_0))
 
 
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
