@@ -170,7 +170,7 @@ class Calibration:
 
     def __init__(self, moments):
         self._moments = moments
-        points = [k for k in moments.keys() if k != ROWS_KEY] if hasattr(moments, "keys") else []
+        points = [k for k in moments.keys() if k != ROWS_KEY]  # a dict, or the cached .npz (np.load)
         self._rows = dict(zip(points, (int(r) for r in moments[ROWS_KEY])))
         self._point = {}
         for point, kinds in INPUTS.items():

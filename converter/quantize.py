@@ -261,9 +261,11 @@ assert set(_PACKERS) == set(QUANT_TYPES), "every type in edgegemma.formats needs
 
 
 QUANTIZERS = ("ggml", "search")
-_SEARCHES: dict[T, tuple[Callable, Callable]] = {
-    T.Q8_0: (search_scales_q8_0, pack_q8_0),
-    T.Q4_0: (search_scales_q4_0, pack_q4_0),
+# Block type -> (scale search, the levels its packer stores for a scale, packer): the search
+# quantizer and converter.gptq both work from this table.
+BLOCK_RULES: dict[T, tuple[Callable, Callable, Callable]] = {
+    T.Q8_0: (search_scales_q8_0, q8_0_levels, pack_q8_0),
+    T.Q4_0: (search_scales_q4_0, q4_0_levels, pack_q4_0),
 }
 
 
@@ -279,9 +281,9 @@ def pack(x: np.ndarray, qt: QuantType, quantizer: str = "ggml", importance: np.n
     """
     if quantizer not in QUANTIZERS:
         raise ValueError(f"unknown quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
-    if quantizer == "ggml" or qt.ggml_type not in _SEARCHES:
+    if quantizer == "ggml" or qt.ggml_type not in BLOCK_RULES:
         return _PACKERS[qt.ggml_type](x, qt)
-    scales, packer = _SEARCHES[qt.ggml_type]
+    scales, _, packer = BLOCK_RULES[qt.ggml_type]
     blocks = _blocks(x, qt)
     if lookup:
         if importance is not None:
