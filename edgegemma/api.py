@@ -37,6 +37,7 @@ class SentenceEncoder:
         names, texts = meta.get(F.KEY_PROMPT_NAMES, []), meta.get(F.KEY_PROMPT_TEXTS, [])
         self.prompts: dict[str, str] = dict(zip(names, texts))
         self.recipe = meta.get(F.KEY_RECIPE, "unknown")
+        self.file.release_header()  # the vocabulary and tokenizer pages: read, no longer needed in memory
 
     def _tokenizer(self, meta: dict) -> Tokenizer:
         if F.KEY_TOKENIZER_MODEL not in meta:

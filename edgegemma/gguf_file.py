@@ -8,7 +8,9 @@ and tests hold this reader against GGUFReader field by field.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,20 +86,25 @@ class _Cursor:
         return bool(value) if vtype == GGUFValueType.BOOL else value
 
     def strings(self, count: int) -> "StringArray":
-        """A string array, decoded only when read: the vocabulary alone is 262,144 strings."""
-        starts = np.empty(count, np.int64)
-        lengths = np.empty(count, np.int64)
+        """A string array, decoded only when read: the vocabulary alone is 262,144 strings.
+
+        Each string's place follows from the previous one's length, so this is one Python loop; it keeps
+        only the running offsets (a list, then one array), which makes it ~1.6x the speed of filling
+        numpy arrays item by item (~70 ms for the vocabulary, the bulk of opening a file)."""
         unpack, buf = struct.Struct("<Q").unpack_from, self.buf
         pos = self.pos
+        offsets = [pos]
+        append = offsets.append
         try:
-            for i in range(count):
-                n = unpack(buf, pos)[0]
-                starts[i], lengths[i] = pos + 8, n
-                pos += 8 + n
+            for _ in range(count):
+                pos += 8 + unpack(buf, pos)[0]
+                append(pos)
         except struct.error:
             raise ModelFileError(f"{self.path}: file is truncated (inside a string array)") from None
         self.take(pos - self.pos)
-        return StringArray(self.buf, starts, lengths)
+        offsets = np.array(offsets, np.int64)
+        starts = offsets[:-1] + 8
+        return StringArray(self.buf, starts, offsets[1:] - starts)
 
 
 class StringArray:
@@ -122,13 +129,17 @@ class StringArray:
 
 class GGUFFile:
     """A memory-mapped GGUF file: `.metadata` (key -> value; numeric arrays are numpy views) and
-    `.tensors` (name -> TensorInfo). Nothing is copied out of the file."""
+    `.tensors` (name -> TensorInfo). Nothing is copied out of the file, except by `read_rows`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
             with open(self.path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # A descriptor of its own for read_rows (pread), closed with this object.
+                self._fd = os.dup(f.fileno()) if hasattr(os, "pread") else None
+            if self._fd is not None:
+                weakref.finalize(self, os.close, self._fd)
         except FileNotFoundError:
             raise ModelFileError(f"{self.path}: no such file") from None
         except IsADirectoryError:
@@ -156,6 +167,7 @@ class GGUFFile:
             infos.append((name, cur.unpack("<I"), dims, cur.unpack("<Q")))
         alignment = int(self.metadata.get(Keys.General.ALIGNMENT, GGUF_DEFAULT_ALIGNMENT))
         data_start = -(-cur.pos // alignment) * alignment
+        self.data_start = data_start
 
         self.tensors: dict[str, TensorInfo] = {}
         array = np.frombuffer(buf, np.uint8)
@@ -176,3 +188,41 @@ class GGUFFile:
                 )
             view = array[start:end].reshape(n_rows, row_bytes)
             self.tensors[name] = TensorInfo(name, ggml_type, tuple(reversed(dims)), view)
+        self._data_offset = array.ctypes.data  # address of byte 0 of the file in the map
+
+    def read_rows(self, info: TensorInfo, rows: np.ndarray) -> np.ndarray:
+        """Copies of the rows `rows` (sorted, unique, in range) of a tensor, uint8 (len(rows), row_bytes),
+        read with pread rather than through the map.
+
+        For the embedding table (2/3 of a file, read a few rows at a time): a page fault on a map brings in
+        its neighbours too (the kernel maps up to 64 KiB around it), so a few thousand distinct tokens
+        put the whole table in this process's resident set (measured: 3,000 random rows of the Q4_0 table
+        mapped 95 of its 108 MiB). pread copies just the rows; the file stays in the page cache either way."""
+        data = info.data
+        out = np.empty((len(rows), data.shape[1]), np.uint8)
+        if self._fd is None or not len(rows):  # no pread here (Windows): from the map
+            return np.take(data, rows, axis=0, out=out)
+        base, stride = data.ctypes.data - self._data_offset, data.shape[1]
+        pread, fd = os.pread, self._fd
+        starts = (base + np.asarray(rows, np.int64) * stride).tolist()
+        # Neighbouring rows in one read: token ids cluster (a text's words are often close in the vocabulary).
+        i, n = 0, len(starts)
+        while i < n:
+            j = i + 1
+            while j < n and starts[j] == starts[j - 1] + stride:
+                j += 1
+            chunk = pread(fd, (j - i) * stride, starts[i])
+            if len(chunk) != (j - i) * stride:
+                raise ModelFileError(f"{self.path}: file is truncated (the file changed after it was opened)")
+            out[i:j] = np.frombuffer(chunk, np.uint8).reshape(j - i, stride)
+            i = j
+        return out
+
+    def release_header(self) -> None:
+        """Drop the metadata's pages (the vocabulary, the SentencePiece model: ~15 MiB) from this process's
+        resident set once the model is built from them; they are read back from the file if used again."""
+        if hasattr(mmap, "MADV_DONTNEED") and self.data_start:
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, 0, min(self.data_start, len(self._map)))
+            except OSError:
+                pass

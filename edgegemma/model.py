@@ -11,9 +11,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 import kernels
+from kernels.blocks import row_indices
 
 from .config import Config
 from .weights import LayerWeights, Weight, Weights
+
+MAX_TOKENS = 2048  # tokens through the layers at once (the model's context: a longer sequence cannot occur)
 
 Trace = Callable[[str, np.ndarray], None]  # receives named intermediates, for layer-by-layer comparisons
 
@@ -63,7 +66,32 @@ class EmbeddingGemma:
         self.rope_global = rope_table(c.rope_theta, c.head_dim, c.max_position_embeddings)
 
     def forward(self, sequences: Sequence[Sequence[int]], trace: Trace | None = None) -> np.ndarray:
-        """Token-id sequences -> (batch, hidden) sentence vectors, L2-normalised."""
+        """Token-id sequences -> (batch, hidden) sentence vectors, L2-normalised.
+
+        At most MAX_TOKENS tokens go through the layers at once (a longer batch runs as several, in order):
+        the activations take ~17 KiB a token at their peak, so this bounds them at ~35 MiB whatever the
+        batch size, and costs nothing in speed (a layer's weights are re-read once per 2,048 tokens)."""
+        lengths = [len(s) for s in sequences]
+        if trace is None and sum(lengths) > MAX_TOKENS:
+            groups, start, total = [], 0, 0
+            for i, n in enumerate(lengths):
+                if total and total + n > MAX_TOKENS:
+                    groups.append((start, i))
+                    start, total = i, 0
+                total += n
+            groups.append((start, len(lengths)))
+            return np.concatenate([self._forward(sequences[a:b], None) for a, b in groups])
+        return self._forward(sequences, trace)
+
+    def embed(self, ids: np.ndarray) -> np.ndarray:
+        """The rows of the embedding table for token ids `ids`, as float32 (len(ids), hidden), unscaled."""
+        e, read = self.weights.token_embd, self.weights.read_token_rows
+        if read is None:
+            return kernels.dequantize_rows(e.data, e.qtype, ids)
+        rows, inverse = np.unique(row_indices(ids, e.shape[0]), return_inverse=True)
+        return kernels.dequantize_rows(read(rows), e.qtype, inverse.reshape(-1))
+
+    def _forward(self, sequences: Sequence[Sequence[int]], trace: Trace | None) -> np.ndarray:
         c, w = self.config, self.weights
         lengths = [len(s) for s in sequences]
         ids = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=sum(lengths))
@@ -72,16 +100,19 @@ class EmbeddingGemma:
         note = trace or (lambda name, value: None)
 
         # Embeddings, scaled by sqrt(hidden) as Gemma does.
-        x = kernels.dequantize_rows(w.token_embd.data, w.token_embd.qtype, ids) * np.float32(np.sqrt(c.hidden_size))
+        x = self.embed(ids)
+        x *= np.float32(np.sqrt(c.hidden_size))
         note("embeddings", x)
         for i, layer in enumerate(w.layers):
-            x = self._block(i, layer, x, positions, bounds, note)
+            x = self._block(i, layer, x, positions, bounds, note)  # x is updated in place
             note(f"blk.{i}", x)
         x = rms_norm(x, w.output_norm, c.rms_norm_eps)
         note("output_norm", x)
 
-        # Mean over every token of each sequence (prompt, <bos> and <eos> included).
-        pooled = np.add.reduceat(x.astype(np.float64), bounds[:-1], axis=0) / np.asarray(lengths)[:, None]
+        # Mean over every token of each sequence (prompt, <bos> and <eos> included), summed in float64
+        # (cast on the fly: no float64 copy of x).
+        pooled = np.add.reduceat(x, bounds[:-1], axis=0, dtype=np.float64) / np.asarray(lengths)[:, None]
+        del x
         pooled = pooled.astype(np.float32)
         note("pooled", pooled)
         # The dense head 768 -> 3072 -> 768 (no bias, no activation), then unit length.
@@ -100,26 +131,35 @@ class EmbeddingGemma:
         cos, sin = cos[positions], sin[positions]
 
         # Attention: norm, project, q/k norms, rotate, attend per sequence, project back, norm, add.
+        # Each intermediate is dropped as soon as it is used, and x is added to in place: the activations'
+        # peak is what bounds memory for a batch.
         h = rms_norm(x, layer.attn_norm, c.rms_norm_eps)
         note(f"blk.{i}.attn_norm", h)  # the input of q, k and v
         q = linear(h, layer.attn_q).reshape(n, c.num_attention_heads, c.head_dim)
-        k = linear(h, layer.attn_k).reshape(n, c.num_key_value_heads, c.head_dim)
-        v = linear(h, layer.attn_v).reshape(n, c.num_key_value_heads, c.head_dim)
         q = apply_rope(rms_norm(q, layer.attn_q_norm, c.rms_norm_eps), cos, sin)
+        k = linear(h, layer.attn_k).reshape(n, c.num_key_value_heads, c.head_dim)
         k = apply_rope(rms_norm(k, layer.attn_k_norm, c.rms_norm_eps), cos, sin)
+        v = linear(h, layer.attn_v).reshape(n, c.num_key_value_heads, c.head_dim)
+        del h, cos, sin
         radius = c.attention_radius if sliding else None
         a = np.empty_like(q)
         for start, stop in zip(bounds[:-1], bounds[1:]):
             a[start:stop] = attention(q[start:stop], k[start:stop], v[start:stop], c.query_pre_attn_scalar ** -0.5, radius)
+        del q, k, v
         a = a.reshape(n, -1)
         note(f"blk.{i}.attn_out_in", a)
         h = linear(a, layer.attn_output)
-        x = x + rms_norm(h, layer.post_attention_norm, c.rms_norm_eps)
+        del a
+        x += rms_norm(h, layer.post_attention_norm, c.rms_norm_eps)
 
         # Feed-forward: norm, GeGLU (gelu-tanh gate times up), down, norm, add.
         h = rms_norm(x, layer.ffn_norm, c.rms_norm_eps)
         note(f"blk.{i}.ffn_norm", h)  # the input of gate and up
-        h = gelu_tanh(linear(h, layer.ffn_gate)) * linear(h, layer.ffn_up)
-        note(f"blk.{i}.ffn_down_in", h)
-        h = linear(h, layer.ffn_down)
-        return x + rms_norm(h, layer.post_ffw_norm, c.rms_norm_eps)
+        g = gelu_tanh(linear(h, layer.ffn_gate))
+        g *= linear(h, layer.ffn_up)
+        del h
+        note(f"blk.{i}.ffn_down_in", g)
+        h = linear(g, layer.ffn_down)
+        del g
+        x += rms_norm(h, layer.post_ffw_norm, c.rms_norm_eps)
+        return x

@@ -6,6 +6,8 @@ kilobytes each, are decoded to float32 at load.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
@@ -50,6 +52,9 @@ class Weights:
     output_norm: np.ndarray  # (hidden,)
     dense_2: Weight  # (3072, hidden)
     dense_3: Weight  # (hidden, 3072)
+    # Sorted unique row ids -> those rows of token_embd.data (copies, read from the file without mapping its
+    # pages: see GGUFFile.read_rows); None: look the rows up in token_embd.data itself.
+    read_token_rows: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def load_weights(file: GGUFFile, config: Config) -> Weights:
@@ -85,12 +90,14 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
             post_ffw_norm=vector(F.FFN_POST_NORM, c.hidden_size, i),
         )
 
+    token_embd = matrix(F.TOKEN_EMBD, (c.vocab_size, c.hidden_size))
     return Weights(
-        token_embd=matrix(F.TOKEN_EMBD, (c.vocab_size, c.hidden_size)),
+        token_embd=token_embd,
         layers=[layer(i) for i in range(c.num_hidden_layers)],
         output_norm=vector(F.OUTPUT_NORM, c.hidden_size),
         dense_2=matrix(F.DENSE_2, (c.dense_2_features, c.hidden_size)),
         dense_3=matrix(F.DENSE_3, (c.hidden_size, c.dense_2_features)),
+        read_token_rows=partial(file.read_rows, file.tensors[token_embd.name]),
     )
 
 

@@ -87,6 +87,40 @@ def test_long_input_is_cut_with_eos_last(model):
     assert len(ids) == limit and ids[0] == model.tokenizer.bos_id and ids[-1] == model.tokenizer.eos_id
 
 
+def test_string_arrays_read_as_gguf_reads_them(tiny_gguf):
+    import gguf
+
+    from edgegemma.gguf_file import GGUFFile
+
+    path = tiny_gguf("q8_0")
+    ours, theirs = GGUFFile(path).metadata, gguf.GGUFReader(path)
+    for key in (gguf.Keys.Tokenizer.LIST, "edgegemma.prompt_names", "edgegemma.prompt_texts"):
+        assert list(ours[key]) == theirs.get_field(key).contents(), key
+    assert ours[gguf.Keys.General.ARCHITECTURE] == theirs.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+
+
+def test_embedding_rows_are_read_as_the_map_holds_them(model):
+    """The lookup reads the table's rows with pread (GGUFFile.read_rows), not through the map: same rows."""
+    import kernels
+
+    table = model.model.weights.token_embd
+    rows = np.array([0, 1, 2, 7, 100, table.shape[0] - 1])
+    np.testing.assert_array_equal(model.file.read_rows(model.file.tensors[table.name], rows), table.data[rows])
+    ids = np.array([5, 3, 5, 0, table.shape[0] - 1, 3, 4])
+    np.testing.assert_array_equal(model.model.embed(ids), kernels.dequantize_rows(table.data, table.qtype, ids))
+    with pytest.raises(IndexError, match="out of range"):
+        model.model.embed(np.array([table.shape[0]]))
+
+
+def test_long_batches_run_in_groups_of_max_tokens(model, monkeypatch):
+    import edgegemma.model
+
+    texts = ["a", "a much longer text than the others in this list", "mid length text", "b", "the end of it"]
+    whole = model.encode(texts, batch_size=len(texts))
+    monkeypatch.setattr(edgegemma.model, "MAX_TOKENS", 12)  # several groups, one text longer than a group
+    np.testing.assert_allclose(model.encode(texts, batch_size=len(texts)), whole, atol=2e-6)
+
+
 def test_bad_files_name_the_problem(tmp_path, tiny_gguf):
     good = tiny_gguf("q8_0")
     with pytest.raises(ModelFileError, match="no such file"):
