@@ -23,14 +23,17 @@ class Tokenizer:
         # The added tokens are those the vocabulary marks as control, user-defined or unknown
         # (llama.cpp's converter marks every entry of tokenizer_config's added_tokens that way, and
         # writes the user-defined ones with "▁" as " "; Hugging Face matches the original "▁").
+        # (Vectorised, with plain ints in the loop: Gemma's vocabulary has 6,414 of them.)
+        token_types = np.asarray(token_types)
         added = np.flatnonzero(np.isin(token_types, [TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN]))
+        user_defined = (token_types[added] == TokenType.USER_DEFINED).tolist()
         self.added_tokens: dict[str, int] = {}
-        for i in added:
+        for i, user in zip(added.tolist(), user_defined):
             text = tokens[i]
-            if token_types[i] == TokenType.USER_DEFINED:
+            if user:
                 text = text.replace(" ", "\u2581")
             if text:
-                self.added_tokens[text] = int(i)
+                self.added_tokens[text] = i
         # Hugging Face finds added tokens leftmost-longest. Candidates start at one of a few characters;
         # for each, the lengths to try, longest first.
         self._lengths_by_first: dict[str, list[int]] = {}
