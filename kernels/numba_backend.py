@@ -93,6 +93,13 @@ def _jit(signature, **options):
     return wrap
 
 
+def _inner(**options):
+    """_jit without a signature, for functions only compiled code calls: each is compiled as part of its callers
+    (typed from their arguments), so it is never loaded from the cache on its own. Loaded at import, these 16
+    took ~70 ms of a ~2 s cold start while their callers' cached code already held them."""
+    return _jit(None, **options)
+
+
 u8_row = types.Array(types.uint8, 1, "C", readonly=True)  # one stored weight row
 u8_rows = types.Array(types.uint8, 2, "C", readonly=True)  # a stored weight: memory-mapped, read-only
 f32_row = types.float32[::1]
@@ -182,7 +189,7 @@ else:
         return types.int64(counter), codegen
 
 
-@_jit(types.float32(types.uint16))
+@_inner()
 def _half(h):
     """IEEE half (bit pattern h) -> float32. Half-to-float is ~1.7x faster as the CPU's conversion instruction
     than as integer arithmetic (Q8_0 rows decoded: 4.3 Gvalues/s against 2.5); the integer path is kept for
@@ -203,10 +210,7 @@ def _half(h):
 # ---------------------------------------------------------------------------------------------------------------
 # The per-type part: decode one stored row into float32.
 
-_decoder_sig = types.void(u8_row, f32_row)
-
-
-@_jit(_decoder_sig)
+@_inner()
 def _decode_f32(src, dst):
     """4 bytes per value, little-endian float32."""
     values = src.view(np.float32)
@@ -214,7 +218,7 @@ def _decode_f32(src, dst):
         dst[i] = values[i]
 
 
-@_jit(_decoder_sig)
+@_inner()
 def _decode_f16(src, dst):
     """2 bytes per value, IEEE half."""
     halves = src.view(np.uint16)
@@ -222,7 +226,7 @@ def _decode_f16(src, dst):
         dst[i] = _half(halves[i])
 
 
-@_jit(_decoder_sig)
+@_inner()
 def _decode_bf16(src, dst):
     """2 bytes per value: the upper half of a float32."""
     halves = src.view(np.uint16)
@@ -237,7 +241,7 @@ def _decode_bf16(src, dst):
 # check, and LLVM then loads byte by byte (Q8_0 rows: 0.77 Gvalues/s indexed so, 2.6 through slices).
 
 
-@_jit(_decoder_sig)
+@_inner()
 def _decode_q8_0(src, dst):
     """34-byte blocks: f16 d, 32 int8 q; x[i] = d * q[i]."""
     n_blocks = src.size // 34
@@ -251,7 +255,7 @@ def _decode_q8_0(src, dst):
             xb[i] = d * np.float32(qb[i])
 
 
-@_jit(_decoder_sig)
+@_inner()
 def _decode_q4_0(src, dst):
     """18-byte blocks: f16 d, 16 bytes; byte j = q[j] | q[j+16] << 4; x[i] = (q[i] - 8) * d."""
     n_blocks = src.size // 18
@@ -330,7 +334,7 @@ else:
         return types.void(src, dst), _block_decoder(18)
 
 
-@_jit(types.void(types.int64, u8_row, f32_row))
+@_inner()
 def _decode_row(qtype, src, dst):
     """The one place a type id picks its decoder: once per row of W, so the branch costs nothing measurable."""
     if qtype == Q8_0:
@@ -349,11 +353,7 @@ def _decode_row(qtype, src, dst):
 # The float micro-kernels: y[yt + a, yc + b] = sum_{i < k} x[t + a, xo + i] * w[r + b, wo + i], for a block of
 # tokens a and rows b. The offsets let attention use them on windows of its keys and values.
 
-_micro_sig = types.void(f32_rows_ro, types.int64, types.int64, f32_rows_ro, types.int64, types.int64, types.int64,
-                        f32_rows, types.int64, types.int64)
-
-
-@_jit(_micro_sig, fastmath=FAST)
+@_inner(fastmath=FAST)
 def _dot_4x6(x, t, xo, w, r, wo, k, y, yt, yc):
     """Four rows of W times six tokens: 24 running sums, each a vector over i, so ten loads feed 24 FMAs
     (LLVM keeps the sums in 24 zmm registers; 4x4 left the load ports the bottleneck at 8 loads per 16 FMAs)."""
@@ -403,7 +403,7 @@ def _dot_4x6(x, t, xo, w, r, wo, k, y, yt, yc):
     y[yt + 5, c], y[yt + 5, c + 1], y[yt + 5, c + 2], y[yt + 5, c + 3] = a50, a51, a52, a53
 
 
-@_jit(_micro_sig, fastmath=FAST)
+@_inner(fastmath=FAST)
 def _dot_4x1(x, t, xo, w, r, wo, k, y, yt, yc):
     """Four rows of W times one token: the tokens left over after the blocks of six."""
     x0 = x[t, xo:xo + k]
@@ -418,7 +418,7 @@ def _dot_4x1(x, t, xo, w, r, wo, k, y, yt, yc):
     y[yt, yc], y[yt, yc + 1], y[yt, yc + 2], y[yt, yc + 3] = a0, a1, a2, a3
 
 
-@_jit(_micro_sig, fastmath=FAST)
+@_inner(fastmath=FAST)
 def _dot_1x1(x, t, xo, w, r, wo, k, y, yt, yc):
     """One row of W times one token: the rows left over after the groups of four."""
     x0, w0 = x[t, xo:xo + k], w[r, wo:wo + k]
@@ -428,8 +428,7 @@ def _dot_1x1(x, t, xo, w, r, wo, k, y, yt, yc):
     y[yt, yc] = a
 
 
-@_jit(types.void(f32_rows_ro, types.int64, types.int64, types.int64, f32_rows_ro, types.int64, types.int64,
-                 types.int64, types.int64, f32_rows, types.int64, types.int64))
+@_inner()
 def _multiply(x, t0, t1, xo, w, r0, r1, wo, k, y, yt0, yc0):
     """y[yt0 + t - t0, yc0 + r - r0] = x[t, xo:xo + k] . w[r, wo:wo + k] for tokens t in [t0, t1) and rows r in
     [r0, r1). Six tokens (18 KiB at k=768: in L1) meet each group of four rows in turn."""
@@ -584,7 +583,7 @@ else:
         return types.void(rows, packed, n_blocks), _transpose_codegen
 
 
-@_jit(types.void(f32_rows_ro, f32_row))
+@_inner()
 def _pack(rows, packed):
     """packed[i * NR + j] = rows[j, i]: NR decoded rows of W side by side. In LANES x LANES blocks transposed in
     registers (zip shuffles), then the last columns one by one: a 32x768 panel in 4.2 us, against 13.5 column
@@ -731,6 +730,15 @@ def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
 # python -m bench.run --quick, best of two runs each, synthetic / reference tokens per second: q4_0 482 / 471
 # with the outer design, 587 / 506 with int16; q8_0 467 / 469 -> 562 / 537.
 #
+# AMX, tried and not kept: the same int16 sums on AMX tiles (tdpbssd / tdpbsud on the activations' high and low
+# bytes, x = 256 hi + lo) are exact too, and the tile products alone ran at ~540 int8 GMAC/s here. But each block
+# of 32 values has its own pair of scales, so every block's sums must leave the tiles (tilestored) and be scaled in
+# vector registers: per 32 rows x 16 tokens x 32 values, 4 tile stores and 32 vector rows of convert-multiply-add.
+# One layer's matmuls alone: 1.2-1.4x this design per CPU-second; end to end (q4_0, 8 synthetic documents, one
+# thread, alternating runs): 10-25 % slower in 4 of 5 pairs. A bf16 variant (activations and weights split into two
+# bf16 each, three tile products, no per-block stores) stalled on its operands streaming from L2 and on converting
+# every weight to bf16 pairs per call.
+#
 # LLVM does not emit either instruction from loops (see the module docstring), so the tile is written in vector
 # IR calling llvm.x86.avx512.vpdpbusd.512 / vpdpwssd.512. It exists only where the CPU has AVX-512 VNNI (and
 # BW); elsewhere (ARM, older x86, NUMBA_DISABLE_JIT) INT_DOT is False and matmul takes the float designs.
@@ -782,7 +790,7 @@ def _quantize_parallel(x, levels, offset, qx, dx, cx, rows_per_task):
         _quantize_rows(x, levels, offset, qx, dx, cx, t0, min(x.shape[0], t0 + rows_per_task))
 
 
-@_jit([types.void(types.int64, u8_row, types.int32, q, f32_row, types.int64) for q in (types.int8[::1], types.int16[::1])])
+@_inner()
 def _block_integers(qtype, src, offset, dst, scales, stride):
     """One stored Q8_0 / Q4_0 row as integers q + offset (dst: k values, int16, or int8 storage holding the
     unsigned bytes q + offset in 0..255) and its block scales
@@ -1099,7 +1107,7 @@ f32_3d = types.float32[:, :, ::1]
 f32_3d_ro = types.Array(types.float32, 3, "C", readonly=True)
 
 
-@_jit(types.float32(types.float32), fastmath=FAST, inline="always")
+@_inner(fastmath=FAST, inline="always")
 def _exp(x):
     """e^x in float32, in a form LLVM vectorizes (it cannot vectorize a call to expf): x = n ln2 + r with
     |r| <= ln2 / 2, e^r by Cephes' expf polynomial, 2^n written straight into the exponent bits. Within 2 ulp
@@ -1221,7 +1229,7 @@ def rope(x, cos, sin) -> np.ndarray:
 ATTENTION_BLOCK = 32  # query positions per attention task: with 3 heads a group, 96 rows = 8 micro-tiles
 
 
-@_jit(types.float32(f32_row), fastmath=FAST)
+@_inner(fastmath=FAST)
 def _max(s):
     """The largest of the (non-NaN) float32s in s, through integers: for b the bits of a float, b ^ (0x7FFFFFFF if
     b < 0) orders as the float does, and LLVM vectorizes an integer max but left the float max a chain of scalar
@@ -1233,7 +1241,7 @@ def _max(s):
     return _f32_from_bits(top ^ ((top >> 31) & 0x7FFFFFFF))
 
 
-@_jit(types.void(f32_row), fastmath=FAST)
+@_inner(fastmath=FAST)
 def _softmax(s):
     """s = e^(s - max s) / sum, in place."""
     top = _max(s)
