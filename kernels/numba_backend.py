@@ -75,28 +75,55 @@ from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, row_i
 _cache_ok = True
 
 
-def _jit(signature, **options):
+def _jit(signature, calls=(), **options):
     """numba.njit with `cache=True`, quietly without the disk cache when no folder is writable. Kernels release
-    the GIL, and divide as numpy does (x / 0 is inf, not an exception: the check would stop LLVM vectorizing)."""
+    the GIL, and divide as numpy does (x / 0 is inf, not an exception: the check would stop LLVM vectorizing).
+
+    Nothing is compiled or loaded here: a kernel's declared signatures are compiled (loaded from the disk cache,
+    ~10 ms and ~1 MiB a function) the first time Python calls it through _compiled(kernel), so a process loads
+    only the kernels its model uses (a Q4_0 file on a VNNI CPU: 16 of 25, not the float designs). `calls` names
+    the kernels with signatures that this one calls: they are compiled first, through their declared signatures,
+    because a kernel compiled only as a callee is not found in the disk cache when Python later calls it (a
+    cache miss, and a compile, in every new process; test_kernels checks there is none)."""
 
     def wrap(func):
         global _cache_ok
         options.setdefault("nogil", True)
         options.setdefault("error_model", "numpy")
+        kernel = None
         if _cache_ok:
             try:
-                return numba.njit(signature, cache=True, **options)(func)
+                kernel = numba.njit(cache=True, **options)(func)
             except RuntimeError:  # "cannot cache function ...: no locator available": read-only install, no home
                 _cache_ok = False
-        return numba.njit(signature, **options)(func)
+        if kernel is None:
+            kernel = numba.njit(**options)(func)
+        if signature is not None and not numba.config.DISABLE_JIT:
+            kernel._declared = signature if isinstance(signature, list) else [signature]
+            kernel._calls = calls
+        return kernel
 
     return wrap
 
 
+def _compiled(kernel):
+    """`kernel` with its declared signatures compiled, once, and no others (a call with other types is an error,
+    not a silent second compile)."""
+    declared = getattr(kernel, "_declared", None)
+    if declared:
+        for callee in kernel._calls:
+            _compiled(callee)
+        for signature in declared:
+            kernel.compile(signature)
+        kernel.disable_compile()
+        kernel._declared = None
+    return kernel
+
+
 def _inner(**options):
     """_jit without a signature, for functions only compiled code calls: each is compiled as part of its callers
-    (typed from their arguments), so it is never loaded from the cache on its own. Loaded at import, these 16
-    took ~70 ms of a ~2 s cold start while their callers' cached code already held them."""
+    (typed from their arguments), so it is never loaded from the cache on its own: the callers' cached code
+    already holds it."""
     return _jit(None, **options)
 
 
@@ -641,7 +668,8 @@ def _dot_worker(qtype, x, w, y, counter, chunk, n_tasks):
         _multiply(x, t0, min(n, t0 + chunk), 0, panel, 0, nr, 0, k, y, t0, r0)
 
 
-@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64), parallel=True)
+@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64),
+      parallel=True, calls=(_dot_worker,))
 def _dot_parallel(qtype, x, w, y, chunk, n_tasks, n_workers):
     """n_workers threads share the tasks through one counter."""
     counter = np.zeros(1, np.int64)
@@ -684,7 +712,8 @@ def _outer_worker(qtype, x, w, y, counter, group, n_tasks):
                     y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
 
 
-@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64), parallel=True)
+@_jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64),
+      parallel=True, calls=(_outer_worker,))
 def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):
@@ -782,7 +811,7 @@ def _quantize_rows(x, levels, offset, qx, dx, cx, t0, t1):
 
 
 @_jit([types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64)
-       for q in _int_rows.values()], parallel=True)
+       for q in _int_rows.values()], parallel=True, calls=(_quantize_rows,))
 def _quantize_parallel(x, levels, offset, qx, dx, cx, rows_per_task):
     n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
     for task in prange(n_tasks):
@@ -939,7 +968,7 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
                         y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
 
     @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, u8_rows, f32_rows, types.int64, types.int64, types.int64)
-           for q in _int_rows_ro.values()], parallel=True)
+           for q in _int_rows_ro.values()], parallel=True, calls=(_int_worker,))
     def _int_parallel(qtype, qx, dx, cx, offset, w, y, group, n_tasks, n_workers):
         counter = np.zeros(1, np.int64)
         for _ in prange(n_workers):
@@ -958,9 +987,9 @@ def quantize_activations(x, bits, offset=0):
     cx = np.empty((n, k // QB), np.int32)
     levels, offset = np.float32(LEVELS[bits]), np.int32(offset)
     if n >= 2 * QUANTIZE_ROWS and numba.get_num_threads() > 1:
-        _quantize_parallel(x, levels, offset, qx, dx, cx, QUANTIZE_ROWS)
+        _compiled(_quantize_parallel)(x, levels, offset, qx, dx, cx, QUANTIZE_ROWS)
     else:
-        _quantize_rows(x, levels, offset, qx, dx, cx, 0, n)
+        _compiled(_quantize_rows)(x, levels, offset, qx, dx, cx, 0, n)
     return qx, dx, cx
 
 
@@ -984,9 +1013,9 @@ def matmul_int(x, w, qtype, bits=16) -> np.ndarray:
     group = max(1, min(4, n_panels // (4 * threads)))
     n_tasks = -(-n_panels // group)
     if threads > 1:
-        _int_parallel(int(qtype), qx, dx, cx, np.int32(offset), w, y, group, n_tasks, threads)
+        _compiled(_int_parallel)(int(qtype), qx, dx, cx, np.int32(offset), w, y, group, n_tasks, threads)
     else:
-        _int_worker(int(qtype), qx, dx, cx, np.int32(offset), w, y, np.zeros(1, np.int64), group, n_tasks)
+        _compiled(_int_worker)(int(qtype), qx, dx, cx, np.int32(offset), w, y, np.zeros(1, np.int64), group, n_tasks)
     return y
 
 
@@ -1022,7 +1051,7 @@ def dequantize(w, qtype) -> np.ndarray:
     """The whole weight as float32 (rows, k). For small tensors (norm vectors) and tests."""
     w, rows, k = weight_bytes(w, qtype)
     out = np.empty((rows, k), np.float32)
-    _decode_tile(int(qtype), w, 0, out)
+    _compiled(_decode_tile)(int(qtype), w, 0, out)
     return out
 
 
@@ -1031,7 +1060,7 @@ def dequantize_rows(w, qtype, row_ids) -> np.ndarray:
     w, rows, k = weight_bytes(w, qtype)
     ids = row_indices(row_ids, rows)
     out = np.empty((ids.size, k), np.float32)
-    _decode_rows(int(qtype), w, ids, out)
+    _compiled(_decode_rows)(int(qtype), w, ids, out)
     return out
 
 
@@ -1053,9 +1082,9 @@ def matmul_dot(x, w, qtype) -> np.ndarray:
     n_tasks = n_chunks * -(-rows // PANEL_ROWS)
     threads = _threads(n_tasks)
     if threads > 1:
-        _dot_parallel(int(qtype), x, w, y, chunk, n_tasks, threads)
+        _compiled(_dot_parallel)(int(qtype), x, w, y, chunk, n_tasks, threads)
     else:
-        _dot_worker(int(qtype), x, w, y, np.zeros(1, np.int64), chunk, n_tasks)
+        _compiled(_dot_worker)(int(qtype), x, w, y, np.zeros(1, np.int64), chunk, n_tasks)
     return y
 
 
@@ -1072,9 +1101,9 @@ def matmul_outer(x, w, qtype) -> np.ndarray:
     group = max(1, min(4, n_panels // (4 * threads)))  # up to 4 panels a task, while leaving 4 tasks a thread
     n_tasks = -(-n_panels // group)
     if threads > 1:
-        _outer_parallel(int(qtype), x, w, y, group, n_tasks, threads)
+        _compiled(_outer_parallel)(int(qtype), x, w, y, group, n_tasks, threads)
     else:
-        _outer_worker(int(qtype), x, w, y, np.zeros(1, np.int64), group, n_tasks)
+        _compiled(_outer_worker)(int(qtype), x, w, y, np.zeros(1, np.int64), group, n_tasks)
     return y
 
 
@@ -1138,7 +1167,7 @@ def _rms_norm_rows(x, weight, eps, out, r0, r1):
             dst[i] = row[i] * scale * weight[i]
 
 
-@_jit(types.void(f32_rows_ro, f32_vec_ro, types.float32, f32_rows, types.int64), parallel=True)
+@_jit(types.void(f32_rows_ro, f32_vec_ro, types.float32, f32_rows, types.int64), parallel=True, calls=(_rms_norm_rows,))
 def _rms_norm_parallel(x, weight, eps, out, rows_per_task):
     n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
     for task in prange(n_tasks):
@@ -1156,7 +1185,7 @@ def _gelu_tanh_range(x, out, i0, i1):
         dst[i] = v / (np.float32(1.0) + _exp(np.float32(-2.0) * c * (v + np.float32(0.044715) * v * v * v)))
 
 
-@_jit(types.void(f32_row, f32_row), parallel=True)
+@_jit(types.void(f32_row, f32_row), parallel=True, calls=(_gelu_tanh_range,))
 def _gelu_tanh_parallel(x, out):
     n_tasks = (x.size + ELEMENTWISE_CHUNK - 1) // ELEMENTWISE_CHUNK
     for task in prange(n_tasks):
@@ -1177,7 +1206,7 @@ def _rope_rows(x, cos, sin, out, t0, t1):
                 o2[i] = x2[i] * c[i] + x1[i] * s[i]
 
 
-@_jit(types.void(f32_3d_ro, f32_rows_ro, f32_rows_ro, f32_3d, types.int64), parallel=True)
+@_jit(types.void(f32_3d_ro, f32_rows_ro, f32_rows_ro, f32_3d, types.int64), parallel=True, calls=(_rope_rows,))
 def _rope_parallel(x, cos, sin, out, rows_per_task):
     n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
     for task in prange(n_tasks):
@@ -1194,9 +1223,9 @@ def rms_norm(x, weight, eps) -> np.ndarray:
     out = np.empty_like(rows)
     per_task = max(1, ELEMENTWISE_CHUNK // d)
     if rows.shape[0] >= 2 * per_task and numba.get_num_threads() > 1:
-        _rms_norm_parallel(rows, weight, np.float32(eps), out, per_task)
+        _compiled(_rms_norm_parallel)(rows, weight, np.float32(eps), out, per_task)
     else:
-        _rms_norm_rows(rows, weight, np.float32(eps), out, 0, rows.shape[0])
+        _compiled(_rms_norm_rows)(rows, weight, np.float32(eps), out, 0, rows.shape[0])
     return out.reshape(x.shape)
 
 
@@ -1206,9 +1235,9 @@ def gelu_tanh(x) -> np.ndarray:
     out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
     if flat.size >= 2 * ELEMENTWISE_CHUNK and numba.get_num_threads() > 1:
-        _gelu_tanh_parallel(flat, flat_out)
+        _compiled(_gelu_tanh_parallel)(flat, flat_out)
     else:
-        _gelu_tanh_range(flat, flat_out, 0, flat.size)
+        _compiled(_gelu_tanh_range)(flat, flat_out, 0, flat.size)
     return out
 
 
@@ -1220,9 +1249,9 @@ def rope(x, cos, sin) -> np.ndarray:
     out = np.empty_like(x)
     per_task = max(1, ELEMENTWISE_CHUNK // max(1, x.shape[1] * x.shape[2]))
     if x.shape[0] >= 2 * per_task and numba.get_num_threads() > 1:
-        _rope_parallel(x, cos, sin, out, per_task)
+        _compiled(_rope_parallel)(x, cos, sin, out, per_task)
     else:
-        _rope_rows(x, cos, sin, out, 0, x.shape[0])
+        _compiled(_rope_rows)(x, cos, sin, out, 0, x.shape[0])
     return out
 
 
@@ -1324,7 +1353,7 @@ def _attention_worker(q, keys, values, scale, radius, out, counter, n_tasks):
 
 
 @_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d_ro, types.float32, types.int64, f32_3d, types.int64, types.int64),
-      parallel=True)
+      parallel=True, calls=(_attention_worker,))
 def _attention_parallel(q, keys, values, scale, radius, out, n_tasks, n_workers):
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):
@@ -1344,12 +1373,12 @@ def attention(q, k, v, scale, radius) -> np.ndarray:
     n_kv = k.shape[1]
     keys = np.empty((n_kv, -(-length // NR), d * NR), np.float32)
     values = np.empty((n_kv, -(-d // NR), keys.shape[1] * NR * NR), np.float32)
-    _pack_keys_values(k, v, keys, values)
+    _compiled(_pack_keys_values)(k, v, keys, values)
     n_tasks = n_kv * -(-length // ATTENTION_BLOCK)
     radius = -1 if radius is None else int(radius)
     threads = _threads(n_tasks)
     if threads > 1:
-        _attention_parallel(q, keys, values, np.float32(scale), radius, out, n_tasks, threads)
+        _compiled(_attention_parallel)(q, keys, values, np.float32(scale), radius, out, n_tasks, threads)
     else:
-        _attention_worker(q, keys, values, np.float32(scale), radius, out, np.zeros(1, np.int64), n_tasks)
+        _compiled(_attention_worker)(q, keys, values, np.float32(scale), radius, out, np.zeros(1, np.int64), n_tasks)
     return out
