@@ -110,7 +110,9 @@ _KEEP: list = []  # ctypes objects llama.cpp holds pointers to
 
 def llama_weight_buffers(repack: str | None) -> None:
     """Keep llama.cpp off its AMX weight buffers, which die with SIGILL (`tilezero`) on this VM although the
-    CPU reports amx_int8, while keeping the AVX-512 repacked Q4_0 path it would otherwise use.
+    CPU reports amx_int8 and tiles work here (our own AMX test ran once the process had asked Linux for the tile
+    state, arch_prctl ARCH_REQ_XCOMP_PERM; asking first does not save llama.cpp 0.3.36), while keeping the
+    AVX-512 repacked Q4_0 path it would otherwise use.
 
     llama-cpp-python has no switch for either: model params are patched, with `use_extra_bufts=False`
     (no AMX, no repack) and the tensors matching `repack` sent to the CPU_REPACK buffer type by name
