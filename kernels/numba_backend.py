@@ -81,7 +81,8 @@ def _jit(signature, calls=(), **options):
 
     Nothing is compiled or loaded here: a kernel's declared signatures are compiled (loaded from the disk cache,
     ~10 ms and ~1 MiB a function) the first time Python calls it through _compiled(kernel), so a process loads
-    only the kernels its model uses (a Q4_0 file on a VNNI CPU: 16 of 25, not the float designs). `calls` names
+    only the kernels its model uses (a Q4_0 file on a VNNI CPU: 15 functions, not the float designs or the
+    int8 variants). `calls` names
     the kernels with signatures that this one calls: they are compiled first, through their declared signatures,
     because a kernel compiled only as a callee is not found in the disk cache when Python later calls it (a
     cache miss, and a compile, in every new process; test_kernels checks there is none)."""
@@ -307,40 +308,44 @@ def _decode_q4_0(src, dst):
 # in the suite's NUMBA_DISABLE_JIT run, where they stand in.
 
 def _block_decoder(block_bytes: int):
-    """codegen for dst[:] = every block of src decoded, Q8_0 (34-byte blocks) or Q4_0 (18-byte blocks)."""
+    """codegen for every block of a Q8_0 (34-byte blocks) or Q4_0 (18-byte blocks) row, in one of two forms:
+    (src, dst) -> dst float32 = d * q; (src, dst, scales, stride) -> dst int16 = q and scales[b * stride] = d
+    (the integer design's weights). Q4_0's q is (nibble - 8): low nibbles first, then high."""
 
     def codegen(context, builder, signature, args):
-        src_type, dst_type = signature.args
-        src = context.make_array(src_type)(context, builder, args[0])
-        dst = context.make_array(dst_type)(context, builder, args[1])
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dst = context.make_array(signature.args[1])(context, builder, args[1])
+        integers = len(args) == 4
+        if integers:
+            scales = context.make_array(signature.args[2])(context, builder, args[2])
         i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
         n_blocks = builder.udiv(builder.extract_value(src.shape, 0), ir.Constant(i64, block_bytes))
-        v32 = ir.VectorType(f32, 32)
-        v16 = ir.VectorType(f32, 16)
         with cgutils.for_range(builder, n_blocks) as loop:
             b = loop.index
             at = builder.gep(src.data, [builder.mul(b, ir.Constant(i64, block_bytes))])
             d = builder.load(builder.bitcast(at, i16.as_pointer()), align=1)
             d = builder.fpext(builder.bitcast(d, ir.HalfType()), f32)
-            out = builder.gep(dst.data, [builder.mul(b, ir.Constant(i64, 32))])
             q = builder.gep(at, [ir.Constant(i64, 2)])
-            if block_bytes == 34:  # Q8_0: x = d * q
+            if block_bytes == 34:  # Q8_0: the 32 bytes as they are
                 values = builder.load(builder.bitcast(q, ir.VectorType(i8, 32).as_pointer()), align=1)
-                values = builder.sitofp(values, v32)
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v32, ir.Undefined), d, ir.Constant(i32, 0)),
-                                               ir.Constant(v32, ir.Undefined), ir.Constant(ir.VectorType(i32, 32), [0] * 32))
-                builder.store(builder.fmul(values, splat), builder.bitcast(out, v32.as_pointer()), align=4)
-            else:  # Q4_0: x[j] = d * (low nibble - 8), x[j + 16] = d * (high nibble - 8)
-                nibbles = builder.load(builder.bitcast(q, ir.VectorType(i8, 16).as_pointer()), align=1)
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v16, ir.Undefined), d, ir.Constant(i32, 0)),
-                                               ir.Constant(v16, ir.Undefined), ir.Constant(ir.VectorType(i32, 16), [0] * 16))
-                eight = ir.Constant(v16, [8.0] * 16)
-                low = builder.and_(nibbles, ir.Constant(ir.VectorType(i8, 16), [15] * 16))
-                high = builder.lshr(nibbles, ir.Constant(ir.VectorType(i8, 16), [4] * 16))
-                for half_index, part in enumerate((low, high)):
-                    values = builder.fmul(builder.fsub(builder.uitofp(part, v16), eight), splat)
-                    target = builder.gep(out, [ir.Constant(i64, 16 * half_index)])
-                    builder.store(values, builder.bitcast(target, v16.as_pointer()), align=4)
+                parts = [builder.sext(values, ir.VectorType(i16, 32))]
+            else:  # Q4_0: 16 bytes, low nibbles - 8, then high nibbles - 8
+                v8, v16 = ir.VectorType(i8, 16), ir.VectorType(i16, 16)
+                nibbles = builder.load(builder.bitcast(q, v8.as_pointer()), align=1)
+                halves = (builder.and_(nibbles, ir.Constant(v8, [15] * 16)), builder.lshr(nibbles, ir.Constant(v8, [4] * 16)))
+                parts = [builder.sub(builder.zext(h, v16), ir.Constant(v16, [8] * 16)) for h in halves]
+            if integers:
+                builder.store(d, builder.gep(scales.data, [builder.mul(b, args[3])]))
+            out = builder.gep(dst.data, [builder.mul(b, ir.Constant(i64, 32))])
+            for index, part in enumerate(parts):
+                width = part.type.count
+                target = builder.gep(out, [ir.Constant(i64, width * index)])
+                if not integers:  # q is exact in float32, so d * q is gguf's value to the bit
+                    vf = ir.VectorType(f32, width)
+                    splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, ir.Undefined), d, ir.Constant(i32, 0)),
+                                                   ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(i32, width), [0] * width))
+                    part = builder.fmul(builder.sitofp(part, vf), splat)
+                builder.store(part, builder.bitcast(target, part.type.as_pointer()), align=2)
         return context.get_dummy_value()
 
     return codegen
@@ -851,51 +856,19 @@ def _row_integers(qtype, src, offset, dst, scales, stride):
     _block_integers(qtype, src, offset, dst, scales, stride)
 
 
-# _block_integers' int16 case in vector IR: per block a load of its scale (converted from half), of its 16 or 32
-# bytes, a widening (Q4_0: the two nibbles, minus 8) and one or two stores. The loops spent ~0.35 ns a value on
-# the slices' bounds clamps and scalar stores; at 20 tokens, unpacking the weights was 60 % of a matmul.
-def _int16_block_codegen(block_bytes: int):
-    def codegen(context, builder, signature, args):
-        src = context.make_array(signature.args[0])(context, builder, args[0])
-        dst = context.make_array(signature.args[1])(context, builder, args[1])
-        scales = context.make_array(signature.args[2])(context, builder, args[2])
-        stride = args[3]
-        i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
-        n_blocks = builder.udiv(builder.extract_value(src.shape, 0), ir.Constant(i64, block_bytes))
-        with cgutils.for_range(builder, n_blocks) as loop:
-            b = loop.index
-            at = builder.gep(src.data, [builder.mul(b, ir.Constant(i64, block_bytes))])
-            d = builder.load(builder.bitcast(at, i16.as_pointer()), align=1)
-            builder.store(builder.fpext(builder.bitcast(d, ir.HalfType()), f32), builder.gep(scales.data, [builder.mul(b, stride)]))
-            out = builder.gep(dst.data, [builder.mul(b, ir.Constant(i64, QB))])
-            q = builder.gep(at, [ir.Constant(i64, 2)])
-            if block_bytes == 34:  # Q8_0: q as it is
-                values = builder.load(builder.bitcast(q, ir.VectorType(i8, 32).as_pointer()), align=1)
-                builder.store(builder.sext(values, ir.VectorType(i16, 32)), builder.bitcast(out, ir.VectorType(i16, 32).as_pointer()), align=2)
-            else:  # Q4_0: low nibbles - 8, then high nibbles - 8
-                v8, v16 = ir.VectorType(i8, 16), ir.VectorType(i16, 16)
-                nibbles = builder.load(builder.bitcast(q, v8.as_pointer()), align=1)
-                parts = (builder.and_(nibbles, ir.Constant(v8, [15] * 16)), builder.lshr(nibbles, ir.Constant(v8, [4] * 16)))
-                for half_index, part in enumerate(parts):
-                    values = builder.sub(builder.zext(part, v16), ir.Constant(v16, [8] * 16))
-                    target = builder.gep(out, [ir.Constant(i64, 16 * half_index)])
-                    builder.store(values, builder.bitcast(target, v16.as_pointer()), align=2)
-        return context.get_dummy_value()
-
-    return codegen
-
-
+# _block_integers' int16 case through _block_decoder's vector IR: the loops spent ~0.35 ns a value on the slices'
+# bounds clamps and scalar stores; at 20 tokens, unpacking the weights was 60 % of a matmul.
 if INT_DOT and _HARDWARE_HALF:
 
     @intrinsic
     def _int16_q8_0_blocks(typingctx, src, dst, scales, stride):
         """A Q8_0 row as int16 q and its scales (scales[b * stride]); no bounds checks."""
-        return types.void(src, dst, scales, stride), _int16_block_codegen(34)
+        return types.void(src, dst, scales, stride), _block_decoder(34)
 
     @intrinsic
     def _int16_q4_0_blocks(typingctx, src, dst, scales, stride):
         """A Q4_0 row as int16 q - 8 and its scales (scales[b * stride]); no bounds checks."""
-        return types.void(src, dst, scales, stride), _int16_block_codegen(18)
+        return types.void(src, dst, scales, stride), _block_decoder(18)
 
     @overload(_row_integers, jit_options={"nogil": True, "error_model": "numpy"})
     def _row_integers_ir(qtype, src, offset, dst, scales, stride):
