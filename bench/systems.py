@@ -75,13 +75,18 @@ def _edgegemma(system: System, path, _hf, _options) -> Encoder:
 def _llama(system: System, path, _hf, options) -> Encoder:
     """llama.cpp's fastest setup here: flash attention, 2,048-token batches, mean pooling, several texts
     per embed() call (it packs them into one decode up to n_batch tokens), longest texts first, and
-    Q4_0 weights repacked for its AVX-512 GEMM (see llama_weight_buffers)."""
+    Q4_0 weights repacked for its AVX-512 GEMM (see llama_weight_buffers). Special-token strings in a text are
+    read as special tokens, as the reference's tokenizer does."""
     import numpy as np
     from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
 
     llama_weight_buffers(options.get("llama_repack"))
     llm = Llama(model_path=path, embedding=True, n_ctx=2048, n_batch=2048, n_ubatch=2048, n_threads=THREADS,
                 n_threads_batch=THREADS, flash_attn=True, pooling_type=LLAMA_POOLING_TYPE_MEAN, verbose=False)
+    # embed() tokenizes with special=False, so `<eos>` written in a text stays literal pieces; the reference
+    # (Hugging Face's tokenizer) and edgegemma read it as the special token. Same input for every system.
+    plain_tokenize = llm.tokenize
+    llm.tokenize = lambda text, add_bos=True, special=False: plain_tokenize(text, add_bos=add_bos, special=True)
 
     def documents(texts):
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
