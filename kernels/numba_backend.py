@@ -884,6 +884,125 @@ if INT_DOT and _HARDWARE_HALF:
         return impl
 
 
+@_inner()
+def _panel_rows(qtype, w, r0, nr, offset, integers, packed, scales):
+    """_panel_integers through scratch rows: each row's integers (_row_integers), then _pack."""
+    unpacked = integers.view(np.float32)  # so that _pack moves them, 4 bytes at a time
+    for j in range(nr):
+        _row_integers(qtype, w[r0 + j], offset, integers[j], scales[j:], NR)
+    unpacked[nr:] = np.float32(0.0)
+    for j in range(nr, NR):
+        scales[j::NR] = np.float32(0.0)
+    _pack(unpacked, packed)
+
+
+def _panel_integers(qtype, w, r0, nr, offset, integers, packed, scales):
+    """Rows r0 .. r0 + nr of W (the rest of NR zero) as the integer tile reads them: `packed` holds their
+    integers q + offset of integers' width, 4 bytes of each row side by side ([block][4-byte step][row]), and
+    `scales` their block scales [block][row]. `integers` (NR, k) is scratch."""
+    _panel_rows(qtype, w, r0, nr, offset, integers, packed, scales)
+
+
+# A whole panel of int16 weights straight from the blocks, 16 rows at a time: each row's block of q is 8 (Q4_0)
+# or 16 (Q8_0) 16-bit words, the words of 16 rows are transposed in registers (zips within 128-bit lanes, as
+# in _transpose_codegen), and a column of words, widened to int16 pairs, is one 4-byte step of the panel for
+# 16 rows. Through scratch rows and _pack, a 32-row panel took ~7 us; at 20 tokens that was half a matmul.
+
+def _panel_codegen(block_bytes: int):
+    """codegen for (w, r0, packed, scales): rows r0 .. r0 + NR of a Q8_0 (34-byte blocks) or Q4_0 (18) weight
+    -> the panel and scales _panel_rows makes of them at offset 0, the same bytes."""
+    words = (block_bytes - 2) // 2
+
+    def codegen(context, builder, signature, args):
+        wa, _, pa, sa = (context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else None
+                         for t, a in zip(signature.args, args))
+        r0 = args[1]
+        i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
+        i8p = i8.as_pointer()
+
+        def c64(v):
+            return ir.Constant(i64, v)
+
+        def mask(indices):
+            indices = list(indices)
+            return ir.Constant(ir.VectorType(i32, len(indices)), indices)
+
+        n = 2 * words  # i16 lanes of two rows side by side
+        zip_low = mask(8 * L + j // 2 + (j % 2) * n for L in range(n // 8) for j in range(8))
+        zip_high = mask(8 * L + 4 + j // 2 + (j % 2) * n for L in range(n // 8) for j in range(8))
+        v8, v16 = ir.VectorType(i8, 32), ir.VectorType(i16, 32)
+        low_bits, four, eight = ir.Constant(v8, [15] * 32), ir.Constant(v8, [4] * 32), ir.Constant(v16, [8] * 32)
+        stride = builder.extract_value(wa.strides, 0)
+        rows = [builder.gep(wa.data, [builder.mul(builder.add(r0, c64(a)), stride)]) for a in range(NR)]
+        n_blocks = builder.udiv(builder.extract_value(wa.shape, 1), c64(block_bytes))
+        with cgutils.for_range(builder, n_blocks) as loop:
+            b = loop.index
+            panel = builder.gep(builder.bitcast(pa.data, i8p), [builder.mul(b, c64(QB * 2 * NR))])
+            for g in range(NR // 16):
+                at = [builder.gep(rows[16 * g + a], [builder.mul(b, c64(block_bytes))]) for a in range(16)]
+                halves = ir.Constant(ir.VectorType(i16, 16), ir.Undefined)
+                for a in range(16):
+                    d = builder.load(builder.bitcast(at[a], i16.as_pointer()), align=1)
+                    halves = builder.insert_element(halves, d, ir.Constant(i32, a))
+                d = builder.fpext(builder.bitcast(halves, ir.VectorType(ir.HalfType(), 16)), ir.VectorType(f32, 16))
+                target = builder.gep(sa.data, [builder.add(builder.mul(b, c64(NR)), c64(16 * g))])
+                builder.store(d, builder.bitcast(target, d.type.as_pointer()), align=4)
+                vq = ir.VectorType(i16, words)
+                q = [builder.load(builder.bitcast(builder.gep(x, [c64(2)]), vq.as_pointer()), align=1) for x in at]
+                u = [builder.shuffle_vector(q[i], q[i + 8], mask(range(n))) for i in range(8)]  # rows i, i + 8
+                for _ in range(3):
+                    u = [builder.shuffle_vector(u[i // 2], u[i // 2 + 4], zip_low if i % 2 == 0 else zip_high) for i in range(8)]
+                if words == 8:  # u[c]: word c of rows 0..15
+                    columns = u
+                else:  # u[c]'s lanes: word c and c + 8 of rows 0..7, then of rows 8..15
+                    columns = ([builder.shuffle_vector(c, c, mask([*range(8), *range(16, 24)])) for c in u]
+                               + [builder.shuffle_vector(c, c, mask([*range(8, 16), *range(24, 32)])) for c in u])
+
+                def put(step, pairs):  # the step's int16 pair of each of the 16 rows
+                    target = builder.gep(panel, [c64(4 * (step * NR + 16 * g))])
+                    builder.store(pairs, builder.bitcast(target, v16.as_pointer()), align=4)
+
+                for c, column in enumerate(columns):
+                    pairs = builder.bitcast(column, v8)
+                    if words == 16:  # Q8_0: the bytes q as they are
+                        put(c, builder.sext(pairs, v16))
+                    else:  # Q4_0: low nibbles are values 0..15 of the block, high ones 16..31
+                        put(c, builder.sub(builder.zext(builder.and_(pairs, low_bits), v16), eight))
+                        put(c + 8, builder.sub(builder.zext(builder.lshr(pairs, four), v16), eight))
+        return context.get_dummy_value()
+
+    return codegen
+
+
+if INT_DOT and _HARDWARE_HALF:
+
+    @intrinsic
+    def _q8_0_panel(typingctx, w, r0, packed, scales):
+        """NR rows of a Q8_0 weight as an int16 panel and its scales (see _panel_codegen); no bounds checks."""
+        return types.void(w, r0, packed, scales), _panel_codegen(34)
+
+    @intrinsic
+    def _q4_0_panel(typingctx, w, r0, packed, scales):
+        """NR rows of a Q4_0 weight as an int16 panel and its scales (see _panel_codegen); no bounds checks."""
+        return types.void(w, r0, packed, scales), _panel_codegen(18)
+
+    @overload(_panel_integers, jit_options={"nogil": True, "error_model": "numpy"})
+    def _panel_integers_ir(qtype, w, r0, nr, offset, integers, packed, scales):
+        if integers.dtype != types.int16:  # the int8 design's unsigned bytes: through the rows
+            return lambda qtype, w, r0, nr, offset, integers, packed, scales: _panel_rows(
+                qtype, w, r0, nr, offset, integers, packed, scales)
+
+        def impl(qtype, w, r0, nr, offset, integers, packed, scales):  # offset is 0 in the int16 design
+            if nr < NR:
+                _panel_rows(qtype, w, r0, nr, offset, integers, packed, scales)
+            elif qtype == Q8_0:
+                _q8_0_panel(w, r0, packed, scales)
+            else:
+                _q4_0_panel(w, r0, packed, scales)
+
+        return impl
+
+
 if INT_DOT:
 
     def _int_tile_codegen(context, builder, signature, args):
@@ -974,9 +1093,8 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
         n, k = qx.shape
         n_blocks = dx.shape[1]
         rows = w.shape[0]
-        integers = np.zeros((NR, k), qx.dtype)  # int8 storage holds the unsigned bytes q + offset
-        unpacked = integers.view(np.float32)  # so that _pack moves them, 4 bytes at a time
-        packed = np.empty((group, unpacked.shape[1] * NR), np.float32)
+        integers = np.zeros((NR, k), qx.dtype)  # scratch rows for _panel_integers
+        packed = np.empty((group, k * qx.itemsize // 4 * NR), np.float32)
         scales = np.zeros((group, n_blocks * NR), np.float32)
         spill = np.empty((INT_MR, NR), np.float32)
         while True:
@@ -987,13 +1105,7 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
             panels = min(group, (rows - first + NR - 1) // NR)
             for p in range(panels):
                 r0 = first + p * NR
-                nr = min(NR, rows - r0)
-                for j in range(nr):
-                    _row_integers(qtype, w[r0 + j], offset, integers[j], scales[p, j:], NR)
-                unpacked[nr:] = np.float32(0.0)
-                for j in range(nr, NR):
-                    scales[p, j::NR] = np.float32(0.0)
-                _pack(unpacked, packed[p])
+                _panel_integers(qtype, w, r0, min(NR, rows - r0), offset, integers, packed[p], scales[p])
             for t in range(0, n, INT_MR):
                 m = min(INT_MR, n - t)
                 for p in range(panels):
