@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 import platform
 
-# Numba's OpenMP threads spin for milliseconds after each parallel kernel, and OpenBLAS's threads spin after each
-# BLAS call. On two cores the spinners steal the cores the other pool needs: measured here, a 16-token Q8_0
-# matmul after BLAS calls ran at 3.6 GFLOP/s with spinning threads and 23 GFLOP/s with OMP_WAIT_POLICY=PASSIVE.
-# Set before Numba starts its thread pool (at the first parallel launch); a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long Numba's OpenMP threads spin after a parallel kernel before they sleep. libgomp's default (300,000
+# spins, ~28 ms here) steals the cores other threads need: a 16-token Q8_0 matmul after BLAS calls ran at 3.6
+# GFLOP/s with spinning threads and 23 with OMP_WAIT_POLICY=PASSIVE. But sleeping at once costs every kernel a
+# wake-up, ~30 us: at 170 kernels a query that was a fifth of the q4_0 query (18 tokens: median 43-48 ms
+# passive, 29-35 ms spinning ~0.4 ms). Set before Numba starts its thread pool; values the user set win.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # libgomp (Linux): ~0.4 ms of spinning
+os.environ.setdefault("KMP_BLOCKTIME", "1")  # Intel / LLVM OpenMP: milliseconds
 
 
 def _allow_512_bit_vectors():
@@ -1192,8 +1194,8 @@ def matmul_int16(x, w, qtype) -> np.ndarray:
 # CPU share the other one needs, and a small product collapses (n=18: 0.8 GFLOP/s). With one BLAS thread it
 # is robust, and at n=4096 still ~15 % ahead of the outer kernel per CPU-second; below ~500 tokens it is not
 # ahead at all. On a shared machine the wall figures follow the CPU share (each session's threads share one
-# scheduler group), so what counts is work per CPU-second and never spinning: these kernels claim tasks from
-# a counter and their idle threads sleep (OMP_WAIT_POLICY=PASSIVE). The dot design wins below ~40 tokens,
+# scheduler group), so what counts is work per CPU-second and spinning only briefly: these kernels claim tasks from
+# a counter and their idle threads sleep after ~0.4 ms (GOMP_SPINCOUNT). The dot design wins below ~40 tokens,
 # where the outer design's packing is not yet paid back (n=18, q4_0: 2.5 ms CPU a layer against 3.9).
 
 
