@@ -26,14 +26,19 @@ def linear(x: np.ndarray, weight: Weight) -> np.ndarray:
     return kernels.matmul(x, weight.data, weight.qtype)
 
 
+def linears(x: np.ndarray, *weights: Weight) -> list[np.ndarray]:
+    """[linear(x, W) for W in weights], the kernels sharing their work on x."""
+    return kernels.matmuls(x, [(w.data, w.qtype) for w in weights])
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """Gemma's RMSNorm, x / sqrt(mean(x²) + eps) · weight; the file stores its (1 + w) already folded, as llama.cpp does."""
     return kernels.rms_norm(x, weight, eps)
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """0.5 · x · (1 + tanh(sqrt(2/π) · (x + 0.044715 · x³)))."""
-    return kernels.gelu_tanh(x)
+def gelu_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """0.5 · x · (1 + tanh(sqrt(2/π) · (x + 0.044715 · x³))), into `out` if given."""
+    return kernels.gelu_tanh(x, out)
 
 
 def rope_table(base: float, head_dim: int, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,12 +140,12 @@ class EmbeddingGemma:
         # peak is what bounds memory for a batch.
         h = rms_norm(x, layer.attn_norm, c.rms_norm_eps)
         note(f"blk.{i}.attn_norm", h)  # the input of q, k and v
-        q = linear(h, layer.attn_q).reshape(n, c.num_attention_heads, c.head_dim)
-        q = apply_rope(rms_norm(q, layer.attn_q_norm, c.rms_norm_eps), cos, sin)
-        k = linear(h, layer.attn_k).reshape(n, c.num_key_value_heads, c.head_dim)
-        k = apply_rope(rms_norm(k, layer.attn_k_norm, c.rms_norm_eps), cos, sin)
-        v = linear(h, layer.attn_v).reshape(n, c.num_key_value_heads, c.head_dim)
-        del h, cos, sin
+        q, k, v = linears(h, layer.attn_q, layer.attn_k, layer.attn_v)
+        del h
+        q = apply_rope(rms_norm(q.reshape(n, c.num_attention_heads, c.head_dim), layer.attn_q_norm, c.rms_norm_eps), cos, sin)
+        k = apply_rope(rms_norm(k.reshape(n, c.num_key_value_heads, c.head_dim), layer.attn_k_norm, c.rms_norm_eps), cos, sin)
+        v = v.reshape(n, c.num_key_value_heads, c.head_dim)
+        del cos, sin
         radius = c.attention_radius if sliding else None
         a = np.empty_like(q)
         for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -155,9 +160,11 @@ class EmbeddingGemma:
         # Feed-forward: norm, GeGLU (gelu-tanh gate times up), down, norm, add.
         h = rms_norm(x, layer.ffn_norm, c.rms_norm_eps)
         note(f"blk.{i}.ffn_norm", h)  # the input of gate and up
-        g = gelu_tanh(linear(h, layer.ffn_gate))
-        g *= linear(h, layer.ffn_up)
+        g, up = linears(h, layer.ffn_gate, layer.ffn_up)
         del h
+        g = gelu_tanh(g, out=g)
+        g *= up
+        del up
         note(f"blk.{i}.ffn_down_in", g)
         h = linear(g, layer.ffn_down)
         del g

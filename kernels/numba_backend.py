@@ -1084,26 +1084,34 @@ if INT_DOT:
 
 
 
+SHARED = 3  # weights one integer call multiplies the same activations by (q, k and v); fewer: padded with empty ones
+_u8_weights = types.UniTuple(u8_rows, SHARED)
+_f32_outputs = types.UniTuple(f32_rows, SHARED)
+
 if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
 
-    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, u8_rows, f32_rows, i64_counter, types.int64, types.int64)
-           for q in _int_rows_ro.values()])
-    def _int_worker(qtype, qx, dx, cx, offset, w, y, counter, group, n_tasks):
-        """Claim tasks of `group` panels of NR rows until none are left: their blocks as integers q + offset of
-        qx's width, packed 4 bytes of each row at a time, and their scales [block][NR]; then every token times
-        them, INT_MR tokens a tile."""
+    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, i64_counter,
+                      types.int64) for q in _int_rows_ro.values()])
+    def _int_worker(qtype, qx, dx, cx, offset, ws, ys, task_starts, counter, group):
+        """Claim tasks until none are left; tasks task_starts[j] .. task_starts[j + 1] are weight j's, `group`
+        panels of NR rows each: their blocks as integers q + offset of qx's width, packed 4 bytes of each row at
+        a time, and their scales [block][NR]; then every token times them, INT_MR tokens a tile, into ys[j]."""
         n, k = qx.shape
         n_blocks = dx.shape[1]
-        rows = w.shape[0]
         integers = np.zeros((NR, k), qx.dtype)  # scratch rows for _panel_integers
         packed = np.empty((group, k * qx.itemsize // 4 * NR), np.float32)
         scales = np.zeros((group, n_blocks * NR), np.float32)
         spill = np.empty((INT_MR, NR), np.float32)
         while True:
             task = _claim(counter)
-            if task >= n_tasks:
+            if task >= task_starts[SHARED]:
                 break
-            first = task * group * NR
+            j = 0
+            while task >= task_starts[j + 1]:
+                j += 1
+            w, y = ws[j], ys[j]
+            rows = w.shape[0]
+            first = (task - task_starts[j]) * group * NR
             panels = min(group, (rows - first + NR - 1) // NR)
             for p in range(panels):
                 r0 = first + p * NR
@@ -1119,12 +1127,12 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
                         _int_tile(m, qx, dx, cx, t, packed[p], scales[p], n_blocks, spill, 0, 0)
                         y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
 
-    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, u8_rows, f32_rows, types.int64, types.int64, types.int64)
-           for q in _int_rows_ro.values()], parallel=True, calls=(_int_worker,))
-    def _int_parallel(qtype, qx, dx, cx, offset, w, y, group, n_tasks, n_workers):
+    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, types.int64,
+                      types.int64) for q in _int_rows_ro.values()], parallel=True, calls=(_int_worker,))
+    def _int_parallel(qtype, qx, dx, cx, offset, ws, ys, task_starts, group, n_workers):
         counter = np.zeros(1, np.int64)
         for _ in prange(n_workers):
-            _int_worker(qtype, qx, dx, cx, offset, w, y, counter, group, n_tasks)
+            _int_worker(qtype, qx, dx, cx, offset, ws, ys, task_starts, counter, group)
 
 
 QUANTIZE_ROWS = 64  # rows of x a parallel activation-quantizing task takes
@@ -1145,30 +1153,61 @@ def quantize_activations(x, bits, offset=0):
     return qx, dx, cx
 
 
-def matmul_int(x, w, qtype, bits=16) -> np.ndarray:
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """`a` as the kernels' read-only type (weights from a file are already; a tuple of them must be one type)."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+_NO_WEIGHTS: dict[int, np.ndarray] = {}  # row bytes -> an empty read-only weight, the padding of a shared call
+
+
+def matmul_int_shared(x, weights, qtype, bits=16) -> list[np.ndarray]:
     """Design "int": activations quantized once to int8 or int16 blocks, then integer dot products against the
-    weight blocks as they lie (AVX-512 VNNI), tasks of NR rows as in the outer design. Q8_0 and Q4_0 only."""
+    weight blocks as they lie (AVX-512 VNNI), tasks of NR rows as in the outer design. Q8_0 and Q4_0 only.
+    Up to SHARED weights of one type share the quantized x and one parallel launch: [x @ W.T for W in weights]."""
     if not INT_DOT:
         raise NotImplementedError("the integer matmul needs a CPU with AVX-512 VNNI (and Numba compiling)")
-    w, rows, k = weight_bytes(w, qtype)
     if int(qtype) not in INT_OFFSET:
         raise ValueError(f"the integer matmul takes Q8_0 and Q4_0 weights, not {block_format(qtype)[0]}")
+    if not 1 <= len(weights) <= SHARED:
+        raise ValueError(f"the integer matmul takes 1 to {SHARED} weights at once, not {len(weights)}")
+    shaped = [weight_bytes(w, qtype) for w in weights]
+    k = shaped[0][2]
+    if any(wk != k for _, _, wk in shaped):
+        raise ValueError(f"weights sharing activations need rows of one length; got {[wk for _, _, wk in shaped]} values")
     x = activations(x, k, block_format(qtype)[0])
     n = x.shape[0]
-    y = np.empty((n, rows), np.float32)
-    if n == 0 or rows == 0:
-        return y
+    ys = [np.empty((n, rows), np.float32) for _, rows, _ in shaped]
+    n_panels = sum(-(-rows // NR) for _, rows, _ in shaped)
+    if n == 0 or n_panels == 0:
+        return ys
     offset = INT_OFFSET[int(qtype)] if bits == 8 else 0
     qx, dx, cx = quantize_activations(x, bits, offset)
-    n_panels = -(-rows // NR)
     threads = _threads(n_panels)
-    group = max(1, min(4, n_panels // (4 * threads)))
-    n_tasks = -(-n_panels // group)
+    group = max(1, min(4, n_panels // (4 * threads)))  # up to 4 panels a task, while leaving 4 tasks a thread
+    row_bytes = shaped[0][0].shape[1]
+    if row_bytes not in _NO_WEIGHTS:
+        _NO_WEIGHTS[row_bytes] = _read_only(np.empty((0, row_bytes), np.uint8))
+    ws = tuple(_read_only(w) for w, _, _ in shaped) + (_NO_WEIGHTS[row_bytes],) * (SHARED - len(shaped))
+    outputs = tuple(ys) + (np.empty((n, 0), np.float32),) * (SHARED - len(shaped))
+    starts = [0]  # in plain ints: np.cumsum alone took 5 us, a tenth of a small matmul
+    for w in ws:
+        starts.append(starts[-1] - (-w.shape[0] // (group * NR)))
+    task_starts = np.array(starts, np.int64)
     if threads > 1:
-        _compiled(_int_parallel)(int(qtype), qx, dx, cx, np.int32(offset), w, y, group, n_tasks, threads)
+        _compiled(_int_parallel)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, group, threads)
     else:
-        _compiled(_int_worker)(int(qtype), qx, dx, cx, np.int32(offset), w, y, np.zeros(1, np.int64), group, n_tasks)
-    return y
+        _compiled(_int_worker)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, np.zeros(1, np.int64), group)
+    return ys
+
+
+def matmul_int(x, w, qtype, bits=16) -> np.ndarray:
+    """matmul_int_shared with one weight."""
+    return matmul_int_shared(x, [w], qtype, bits)[0]
 
 
 def matmul_int8(x, w, qtype) -> np.ndarray:
@@ -1277,6 +1316,15 @@ def matmul(x, w, qtype) -> np.ndarray:
     return matmul_outer(x, w, qtype)
 
 
+def matmuls(x, weights) -> list[np.ndarray]:
+    """[x @ W.T for (W, qtype) in weights]: weights of one integer type share one activation quantizing and one
+    parallel launch (three kernels fewer a layer: ~50 us each of Python and thread wake-up, at 18 tokens)."""
+    types_ = {int(qtype) for _, qtype in weights}
+    if len(types_) == 1 and types_ <= INT_TYPES and 1 <= len(weights) <= SHARED:
+        return matmul_int_shared(x, [w for w, _ in weights], types_.pop(), INT_BITS)
+    return [matmul(x, w, qtype) for w, qtype in weights]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The elementwise and attention kernels: one pass over the data each, where numpy makes three to eight (rms_norm,
 # gelu_tanh and attention's softmax took 27 of 92 CPU-seconds of a q4_0 run over the 205 reference texts).
@@ -1381,10 +1429,10 @@ def rms_norm(x, weight, eps) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def gelu_tanh(x) -> np.ndarray:
-    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise."""
+def gelu_tanh(x, out=None) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise; into `out` if given (may be x)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
+    out = np.empty_like(x) if out is None else out
     flat, flat_out = x.reshape(-1), out.reshape(-1)
     if flat.size >= 2 * ELEMENTWISE_CHUNK and numba.get_num_threads() > 1:
         _compiled(_gelu_tanh_parallel)(flat, flat_out)

@@ -87,6 +87,11 @@ def matmul(x, w, qtype) -> np.ndarray:
     return y
 
 
+def matmuls(x, weights) -> list[np.ndarray]:
+    """[x @ W.T for (W, qtype) in weights] (the numba backend shares the work on x between them)."""
+    return [matmul(x, w, qtype) for w, qtype in weights]
+
+
 # --- the elementwise and attention kernels -----------------------------------------------------------------------
 # In place where numpy allows, so a large batch makes two or three passes over memory instead of eight.
 
@@ -100,8 +105,8 @@ def rms_norm(x, weight, eps) -> np.ndarray:
     return out
 
 
-def gelu_tanh(x) -> np.ndarray:
-    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise."""
+def gelu_tanh(x, out=None) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise; into `out` if given (may be x)."""
     t = np.multiply(x, x, dtype=np.float32)
     t *= x
     t *= np.float32(0.044715)
@@ -111,7 +116,10 @@ def gelu_tanh(x) -> np.ndarray:
     t += np.float32(1.0)
     t *= x
     t *= np.float32(0.5)
-    return t
+    if out is None:
+        return t
+    out[...] = t
+    return out
 
 
 def rope(x, cos, sin) -> np.ndarray:

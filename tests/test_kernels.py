@@ -247,6 +247,27 @@ def test_int_matmul_takes_only_its_types():
         numba_backend.matmul_int(np.ones((2, 64), np.float32), weights(3, 64).astype(np.float16), T.F16)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matmuls_equal_one_matmul_each(backend):
+    """Weights sharing activations (q, k, v; gate, up) give each weight's own product, bit for bit, whether the
+    backend shares the work on x (one type) or not (mixed types)."""
+    k = SHAPES[0][1]
+    x = np.random.default_rng(21).standard_normal((19, k)).astype(np.float32)
+    for qtypes in ([T.Q4_0] * 3, [T.Q8_0] * 2, [T.Q8_0, T.Q4_0, T.F16]):
+        ws = [(stored(weights(rows, k, seed=22 + i), qt), qt) for i, (rows, qt) in enumerate(zip((301, 97, 64), qtypes))]
+        got = backend.matmuls(x, ws)
+        assert len(got) == len(ws)
+        for y, (w, qt) in zip(got, ws):
+            np.testing.assert_array_equal(y, backend.matmul(x, w, qt))
+
+
+@needs_int
+def test_shared_int_matmul_needs_one_row_length():
+    ws = [stored(weights(32, 64), T.Q8_0), stored(weights(32, 128), T.Q8_0)]
+    with pytest.raises(ValueError, match="rows of one length"):
+        numba_backend.matmul_int_shared(np.ones((2, 64), np.float32), ws, T.Q8_0)
+
+
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
 def test_float_fallback_equals_numpy(qtype, monkeypatch):
