@@ -36,9 +36,9 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return kernels.rms_norm(x, weight, eps)
 
 
-def gelu_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """0.5 · x · (1 + tanh(sqrt(2/π) · (x + 0.044715 · x³))), into `out` if given."""
-    return kernels.gelu_tanh(x, out)
+def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """gelu_tanh(gate) · up, into gate; gelu_tanh(x) = 0.5 · x · (1 + tanh(sqrt(2/π) · (x + 0.044715 · x³)))."""
+    return kernels.gelu_tanh_mul(gate, up)
 
 
 def rope_table(base: float, head_dim: int, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,8 +162,7 @@ class EmbeddingGemma:
         note(f"blk.{i}.ffn_norm", h)  # the input of gate and up
         g, up = linears(h, layer.ffn_gate, layer.ffn_up)
         del h
-        g = gelu_tanh(g, out=g)
-        g *= up
+        g = geglu(g, up)
         del up
         note(f"blk.{i}.ffn_down_in", g)
         h = linear(g, layer.ffn_down)

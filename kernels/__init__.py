@@ -6,7 +6,8 @@ needs besides. They know block formats and array shapes, not models.
     dequantize_rows(w, qtype, ids)    rows `ids` of W as float32 (len(ids), k): embedding lookup
     dequantize(w, qtype)              all of W as float32 (rows, k): small tensors and tests
     rms_norm(x, weight, eps)          x / sqrt(mean(x^2, last axis) + eps) * weight
-    gelu_tanh(x, out=None)            0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    gelu_tanh(x)                      0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    gelu_tanh_mul(x, y)               x = gelu_tanh(x) * y in place (a GeGLU), one pass
     rope(x, cos, sin)                 x (tokens, heads, d) rotated, halves paired (x1 c - x2 s, x2 c + x1 s)
     attention(q, k, v, scale, radius) softmax attention of one sequence, grouped heads, optional band |i-j|<=radius
 
@@ -54,8 +55,9 @@ dequantize_rows = _backend.dequantize_rows
 dequantize = _backend.dequantize
 rms_norm = _backend.rms_norm
 gelu_tanh = _backend.gelu_tanh
+gelu_tanh_mul = _backend.gelu_tanh_mul
 rope = _backend.rope
 attention = _backend.attention
 
 __all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "dequantize_rows", "dequantize", "rms_norm",
-           "gelu_tanh", "rope", "attention"]
+           "gelu_tanh", "gelu_tanh_mul", "rope", "attention"]

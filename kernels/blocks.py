@@ -82,3 +82,11 @@ def row_indices(row_ids, rows: int) -> np.ndarray:
         bad = ids[(ids < 0) | (ids >= rows)][0]
         raise IndexError(f"row id {bad} is out of range for a weight of {rows} rows")
     return ids
+
+
+def check_in_place(x: np.ndarray, y: np.ndarray) -> None:
+    """x can be written in place with an elementwise op of x and y: a writable C-contiguous float32 array, y of its shape."""
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable):
+        raise ValueError("the in-place operand must be a writable C-contiguous float32 array")
+    if np.shape(y) != x.shape:
+        raise ValueError(f"operands of shapes {x.shape} and {np.shape(y)} do not match")

@@ -69,7 +69,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from llvmlite import ir
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, row_indices, weight_bytes
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
 
 # ---------------------------------------------------------------------------------------------------------------
 # Compilation: explicit signatures, compiled once at import; cached on disk where a cache folder is writable.
@@ -1393,6 +1393,25 @@ def _gelu_tanh_parallel(x, out):
         _gelu_tanh_range(x, out, i0, min(x.size, i0 + ELEMENTWISE_CHUNK))
 
 
+# In place, x[i] = f(x[i]) over one array: given x as both source and destination, LLVM's vectorized loop finds
+# them overlapping at run time and takes its scalar loop (gelu_tanh over 2048 x 1152: 0.85 -> 7.9 ms).
+@_jit(types.void(f32_row, f32_vec_ro, types.int64, types.int64), fastmath=FAST)
+def _gelu_tanh_mul_range(x, y, i0, i1):
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    dst, other = x[i0:i1], y[i0:i1]
+    for i in range(dst.size):
+        v = dst[i]
+        dst[i] = v / (np.float32(1.0) + _exp(np.float32(-2.0) * c * (v + np.float32(0.044715) * v * v * v))) * other[i]
+
+
+@_jit(types.void(f32_row, f32_vec_ro), parallel=True, calls=(_gelu_tanh_mul_range,))
+def _gelu_tanh_mul_parallel(x, y):
+    n_tasks = (x.size + ELEMENTWISE_CHUNK - 1) // ELEMENTWISE_CHUNK
+    for task in prange(n_tasks):
+        i0 = np.int64(task) * ELEMENTWISE_CHUNK
+        _gelu_tanh_mul_range(x, y, i0, min(x.size, i0 + ELEMENTWISE_CHUNK))
+
+
 @_jit(types.void(f32_3d_ro, f32_rows_ro, f32_rows_ro, f32_3d, types.int64, types.int64), fastmath=FAST)
 def _rope_rows(x, cos, sin, out, t0, t1):
     half = cos.shape[1]
@@ -1429,16 +1448,27 @@ def rms_norm(x, weight, eps) -> np.ndarray:
     return out.reshape(x.shape)
 
 
-def gelu_tanh(x, out=None) -> np.ndarray:
-    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise; into `out` if given (may be x)."""
+def gelu_tanh(x) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x) if out is None else out
+    out = np.empty_like(x)
     flat, flat_out = x.reshape(-1), out.reshape(-1)
     if flat.size >= 2 * ELEMENTWISE_CHUNK and numba.get_num_threads() > 1:
         _compiled(_gelu_tanh_parallel)(flat, flat_out)
     else:
         _compiled(_gelu_tanh_range)(flat, flat_out, 0, flat.size)
     return out
+
+
+def gelu_tanh_mul(x, y) -> np.ndarray:
+    """x = gelu_tanh(x) * y, in place (x: a writable float32 C array; y: its shape), one pass; returns x."""
+    check_in_place(x, y)
+    flat, other = x.reshape(-1), np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
+    if flat.size >= 2 * ELEMENTWISE_CHUNK and numba.get_num_threads() > 1:
+        _compiled(_gelu_tanh_mul_parallel)(flat, other)
+    else:
+        _compiled(_gelu_tanh_mul_range)(flat, other, 0, flat.size)
+    return x
 
 
 def rope(x, cos, sin) -> np.ndarray:

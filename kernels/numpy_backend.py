@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, row_indices, weight_bytes
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
 
 # A tile of weight rows is dequantized into at most this many float32 values (4 MiB) at a time.
 TILE_VALUES = 1 << 20
@@ -105,8 +105,8 @@ def rms_norm(x, weight, eps) -> np.ndarray:
     return out
 
 
-def gelu_tanh(x, out=None) -> np.ndarray:
-    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise; into `out` if given (may be x)."""
+def gelu_tanh(x) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), elementwise."""
     t = np.multiply(x, x, dtype=np.float32)
     t *= x
     t *= np.float32(0.044715)
@@ -116,10 +116,15 @@ def gelu_tanh(x, out=None) -> np.ndarray:
     t += np.float32(1.0)
     t *= x
     t *= np.float32(0.5)
-    if out is None:
-        return t
-    out[...] = t
-    return out
+    return t
+
+
+def gelu_tanh_mul(x, y) -> np.ndarray:
+    """x = gelu_tanh(x) * y, in place (x: a writable float32 C array; y: its shape); returns x."""
+    check_in_place(x, y)
+    t = gelu_tanh(x)
+    np.multiply(t, y, out=x)
+    return x
 
 
 def rope(x, cos, sin) -> np.ndarray:

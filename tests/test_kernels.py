@@ -379,6 +379,14 @@ def test_elementwise_ops_match_float64(backend):
     got = backend.gelu_tanh(y)
     assert got.dtype == np.float32 and np.all(np.isfinite(got))
     np.testing.assert_array_less(np.abs(got - want), 1e-6 * np.maximum(1.0, np.abs(y64)))
+    other = rng.standard_normal(y.shape).astype(np.float32)
+    in_place = y.copy()
+    assert backend.gelu_tanh_mul(in_place, other) is in_place
+    np.testing.assert_array_less(np.abs(in_place - want * other), 1e-6 * np.maximum(1.0, np.abs(y64 * other)))
+    with pytest.raises(ValueError, match="do not match"):
+        backend.gelu_tanh_mul(y.copy(), other[:-1])
+    with pytest.raises(ValueError, match="writable C-contiguous float32"):
+        backend.gelu_tanh_mul(y.astype(np.float64), other)
 
     angles = rng.uniform(0, 100, (n, 32))
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
@@ -393,9 +401,10 @@ def test_numba_ops_equal_numpy():
     x = rng.standard_normal((50, 3, 64)).astype(np.float32)
     weight = rng.standard_normal(64).astype(np.float32)
     cos, sin = rng.standard_normal((50, 32)).astype(np.float32), rng.standard_normal((50, 32)).astype(np.float32)
-    for name, args in [("rms_norm", (x, weight, 1e-6)), ("gelu_tanh", (x,)), ("rope", (x, cos, sin)),
-                       ("attention", (x, x[:, :1], x[:, 1:2], 0.125, 7))]:
-        a, b = getattr(numba_backend, name)(*args), getattr(numpy_backend, name)(*args)
+    for name, args in [("rms_norm", (x, weight, 1e-6)), ("gelu_tanh", (x,)), ("gelu_tanh_mul", (x, x[::-1].copy())),
+                       ("rope", (x, cos, sin)), ("attention", (x, x[:, :1], x[:, 1:2], 0.125, 7))]:
+        fresh = lambda: [a.copy() if isinstance(a, np.ndarray) else a for a in args]  # gelu_tanh_mul writes its x
+        a, b = getattr(numba_backend, name)(*fresh()), getattr(numpy_backend, name)(*fresh())
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max(), err_msg=name)
 
 
@@ -479,7 +488,7 @@ CACHE_PROBE = """
         nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype)
         nb.dequantize_rows(w, qtype, [1])
     x = np.ones((40, 2, 64), np.float32)
-    nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.rope(x, x[:, 0, :32], x[:, 0, :32])
+    nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x), nb.rope(x, x[:, 0, :32], x[:, 0, :32])
     nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
     nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)  # the serial paths too: one task, one thread
     numba.set_num_threads(1)
