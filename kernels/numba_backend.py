@@ -84,7 +84,7 @@ def _jit(signature, calls=(), **options):
     Nothing is compiled or loaded here: a kernel's declared signatures are compiled (loaded from the disk cache,
     ~10 ms and ~1 MiB a function) the first time Python calls it through _compiled(kernel), so a process loads
     only the kernels its model uses (a Q4_0 file on a VNNI CPU: 15 functions, not the float designs or the
-    int8 variants). `calls` names
+    int8 variants; see _compiled). `calls` names
     the kernels with signatures that this one calls: they are compiled first, through their declared signatures,
     because a kernel compiled only as a callee is not found in the disk cache when Python later calls it (a
     cache miss, and a compile, in every new process; test_kernels checks there is none)."""
@@ -102,17 +102,29 @@ def _jit(signature, calls=(), **options):
         if kernel is None:
             kernel = numba.njit(**options)(func)
         if signature is not None and not numba.config.DISABLE_JIT:
-            kernel._declared = signature if isinstance(signature, list) else [signature]
+            kernel._declared = signature if isinstance(signature, (list, dict)) else [signature]
             kernel._calls = calls
+            kernel._variants_done = set()
         return kernel
 
     return wrap
 
 
-def _compiled(kernel):
+def _compiled(kernel, variant=None):
     """`kernel` with its declared signatures compiled, once, and no others (a call with other types is an error,
-    not a silent second compile)."""
+    not a silent second compile). Signatures declared as a dict are variants (the integer design's int16 and
+    int8 activations): only the one named is compiled, with its callees' same variant, so a process loads the
+    variant it runs (the int8 one, a bench and test design, cost every q4_0 process 7 MiB)."""
     declared = getattr(kernel, "_declared", None)
+    if isinstance(declared, dict):
+        if variant not in kernel._variants_done:
+            for callee in kernel._calls:
+                _compiled(callee, variant)
+            kernel.disable_compile(False)
+            kernel.compile(declared[variant])
+            kernel.disable_compile()  # calls convert to the compiled signatures (read-only arrays ...), as below
+            kernel._variants_done.add(variant)
+        return kernel
     if declared:
         for callee in kernel._calls:
             _compiled(callee)
@@ -793,8 +805,8 @@ _int_rows = {8: i8_rows, 16: i16_rows}
 _int_rows_ro = {bits: types.Array(t.dtype, 2, "C", readonly=True) for bits, t in _int_rows.items()}
 
 
-@_jit([types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64, types.int64)
-       for q in _int_rows.values()], fastmath=FAST)
+@_jit({bits: types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64, types.int64)
+       for bits, q in _int_rows.items()}, fastmath=FAST)
 def _quantize_rows(x, levels, offset, qx, dx, cx, t0, t1):
     """For rows t0 <= t < t1 and each block b of 32 values: dx = max|x| / levels, qx = rint(x / dx) in
     -levels..levels (0 for an all-zero block), cx = -offset * sum(qx)."""
@@ -817,8 +829,8 @@ def _quantize_rows(x, levels, offset, qx, dx, cx, t0, t1):
             cx[t, b] = -offset * total
 
 
-@_jit([types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64)
-       for q in _int_rows.values()], parallel=True, calls=(_quantize_rows,))
+@_jit({bits: types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64)
+       for bits, q in _int_rows.items()}, parallel=True, calls=(_quantize_rows,))
 def _quantize_parallel(x, levels, offset, qx, dx, cx, rows_per_task):
     n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
     for task in prange(n_tasks):
@@ -1090,8 +1102,8 @@ _f32_outputs = types.UniTuple(f32_rows, SHARED)
 
 if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
 
-    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, i64_counter,
-                      types.int64) for q in _int_rows_ro.values()])
+    @_jit({bits: types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, i64_counter,
+                      types.int64) for bits, q in _int_rows_ro.items()})
     def _int_worker(qtype, qx, dx, cx, offset, ws, ys, task_starts, counter, group):
         """Claim tasks until none are left; tasks task_starts[j] .. task_starts[j + 1] are weight j's, `group`
         panels of NR rows each: their blocks as integers q + offset of qx's width, packed 4 bytes of each row at
@@ -1127,8 +1139,8 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
                         _int_tile(m, qx, dx, cx, t, packed[p], scales[p], n_blocks, spill, 0, 0)
                         y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
 
-    @_jit([types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, types.int64,
-                      types.int64) for q in _int_rows_ro.values()], parallel=True, calls=(_int_worker,))
+    @_jit({bits: types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, types.int64,
+                      types.int64) for bits, q in _int_rows_ro.items()}, parallel=True, calls=(_int_worker,))
     def _int_parallel(qtype, qx, dx, cx, offset, ws, ys, task_starts, group, n_workers):
         counter = np.zeros(1, np.int64)
         for _ in prange(n_workers):
@@ -1147,9 +1159,9 @@ def quantize_activations(x, bits, offset=0):
     cx = np.empty((n, k // QB), np.int32)
     levels, offset = np.float32(LEVELS[bits]), np.int32(offset)
     if n >= 2 * QUANTIZE_ROWS and numba.get_num_threads() > 1:
-        _compiled(_quantize_parallel)(x, levels, offset, qx, dx, cx, QUANTIZE_ROWS)
+        _compiled(_quantize_parallel, bits)(x, levels, offset, qx, dx, cx, QUANTIZE_ROWS)
     else:
-        _compiled(_quantize_rows)(x, levels, offset, qx, dx, cx, 0, n)
+        _compiled(_quantize_rows, bits)(x, levels, offset, qx, dx, cx, 0, n)
     return qx, dx, cx
 
 
@@ -1199,9 +1211,9 @@ def matmul_int_shared(x, weights, qtype, bits=16) -> list[np.ndarray]:
         starts.append(starts[-1] - (-w.shape[0] // (group * NR)))
     task_starts = np.array(starts, np.int64)
     if threads > 1:
-        _compiled(_int_parallel)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, group, threads)
+        _compiled(_int_parallel, bits)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, group, threads)
     else:
-        _compiled(_int_worker)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, np.zeros(1, np.int64), group)
+        _compiled(_int_worker, bits)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, np.zeros(1, np.int64), group)
     return ys
 
 
