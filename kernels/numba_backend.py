@@ -322,16 +322,13 @@ def _decode_q4_0(src, dst):
 # in the suite's NUMBA_DISABLE_JIT run, where they stand in.
 
 def _block_decoder(block_bytes: int):
-    """codegen for every block of a Q8_0 (34-byte blocks) or Q4_0 (18-byte blocks) row, in one of two forms:
-    (src, dst) -> dst float32 = d * q; (src, dst, scales, stride) -> dst int16 = q and scales[b * stride] = d
-    (the integer design's weights). Q4_0's q is (nibble - 8): low nibbles first, then high."""
+    """codegen for every block of a Q8_0 (34-byte blocks) or Q4_0 (18-byte blocks) row: (src, dst) -> dst float32
+    = d * q. Q4_0's q is (nibble - 8): low nibbles first, then high. (The integer design's int16 weights come
+    from _panel_codegen, a whole panel at a time.)"""
 
     def codegen(context, builder, signature, args):
         src = context.make_array(signature.args[0])(context, builder, args[0])
         dst = context.make_array(signature.args[1])(context, builder, args[1])
-        integers = len(args) == 4
-        if integers:
-            scales = context.make_array(signature.args[2])(context, builder, args[2])
         i8, i16, i32, i64, f32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64), ir.FloatType()
         n_blocks = builder.udiv(builder.extract_value(src.shape, 0), ir.Constant(i64, block_bytes))
         with cgutils.for_range(builder, n_blocks) as loop:
@@ -348,18 +345,15 @@ def _block_decoder(block_bytes: int):
                 nibbles = builder.load(builder.bitcast(q, v8.as_pointer()), align=1)
                 halves = (builder.and_(nibbles, ir.Constant(v8, [15] * 16)), builder.lshr(nibbles, ir.Constant(v8, [4] * 16)))
                 parts = [builder.sub(builder.zext(h, v16), ir.Constant(v16, [8] * 16)) for h in halves]
-            if integers:
-                builder.store(d, builder.gep(scales.data, [builder.mul(b, args[3])]))
             out = builder.gep(dst.data, [builder.mul(b, ir.Constant(i64, 32))])
             for index, part in enumerate(parts):
                 width = part.type.count
                 target = builder.gep(out, [ir.Constant(i64, width * index)])
-                if not integers:  # q is exact in float32, so d * q is gguf's value to the bit
-                    vf = ir.VectorType(f32, width)
-                    splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, ir.Undefined), d, ir.Constant(i32, 0)),
-                                                   ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(i32, width), [0] * width))
-                    part = builder.fmul(builder.sitofp(part, vf), splat)
-                builder.store(part, builder.bitcast(target, part.type.as_pointer()), align=2)
+                vf = ir.VectorType(f32, width)  # q is exact in float32, so d * q is gguf's value to the bit
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vf, ir.Undefined), d, ir.Constant(i32, 0)),
+                                               ir.Constant(vf, ir.Undefined), ir.Constant(ir.VectorType(i32, width), [0] * width))
+                part = builder.fmul(builder.sitofp(part, vf), splat)
+                builder.store(part, builder.bitcast(target, part.type.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return codegen
@@ -865,45 +859,13 @@ def _block_integers(qtype, src, offset, dst, scales, stride):
                 hi[j] = np.int32(qb[j] >> np.uint8(4)) + (offset - 8)
 
 
-def _row_integers(qtype, src, offset, dst, scales, stride):
-    """_block_integers; in compiled code, for int16 rows where the CPU converts halves, the vector IR below."""
-    _block_integers(qtype, src, offset, dst, scales, stride)
-
-
-# _block_integers' int16 case through _block_decoder's vector IR: the loops spent ~0.35 ns a value on the slices'
-# bounds clamps and scalar stores; at 20 tokens, unpacking the weights was 60 % of a matmul.
-if INT_DOT and _HARDWARE_HALF:
-
-    @intrinsic
-    def _int16_q8_0_blocks(typingctx, src, dst, scales, stride):
-        """A Q8_0 row as int16 q and its scales (scales[b * stride]); no bounds checks."""
-        return types.void(src, dst, scales, stride), _block_decoder(34)
-
-    @intrinsic
-    def _int16_q4_0_blocks(typingctx, src, dst, scales, stride):
-        """A Q4_0 row as int16 q - 8 and its scales (scales[b * stride]); no bounds checks."""
-        return types.void(src, dst, scales, stride), _block_decoder(18)
-
-    @overload(_row_integers, jit_options={"nogil": True, "error_model": "numpy"})
-    def _row_integers_ir(qtype, src, offset, dst, scales, stride):
-        if dst.dtype != types.int16:  # the int8 design's unsigned bytes: the loops
-            return lambda qtype, src, offset, dst, scales, stride: _block_integers(qtype, src, offset, dst, scales, stride)
-
-        def impl(qtype, src, offset, dst, scales, stride):  # offset is 0 in the int16 design
-            if qtype == Q8_0:
-                _int16_q8_0_blocks(src, dst, scales, stride)
-            else:
-                _int16_q4_0_blocks(src, dst, scales, stride)
-
-        return impl
-
-
 @_inner()
 def _panel_rows(qtype, w, r0, nr, offset, integers, packed, scales):
-    """_panel_integers through scratch rows: each row's integers (_row_integers), then _pack."""
+    """_panel_integers through scratch rows: each row's integers (_block_integers), then _pack. For panels of
+    fewer than NR rows and the int8 design; a whole int16 panel comes from _panel_codegen."""
     unpacked = integers.view(np.float32)  # so that _pack moves them, 4 bytes at a time
     for j in range(nr):
-        _row_integers(qtype, w[r0 + j], offset, integers[j], scales[j:], NR)
+        _block_integers(qtype, w[r0 + j], offset, integers[j], scales[j:], NR)
     unpacked[nr:] = np.float32(0.0)
     for j in range(nr, NR):
         scales[j::NR] = np.float32(0.0)
@@ -920,7 +882,8 @@ def _panel_integers(qtype, w, r0, nr, offset, integers, packed, scales):
 # A whole panel of int16 weights straight from the blocks, 16 rows at a time: each row's block of q is 8 (Q4_0)
 # or 16 (Q8_0) 16-bit words, the words of 16 rows are transposed in registers (zips within 128-bit lanes, as
 # in _transpose_codegen), and a column of words, widened to int16 pairs, is one 4-byte step of the panel for
-# 16 rows. Through scratch rows and _pack, a 32-row panel took ~7 us; at 20 tokens that was half a matmul.
+# 16 rows. Through scratch rows (then a vector-IR row unpacker) and _pack, a 32-row panel took ~7 us; at 20 tokens
+# that was half a matmul.
 
 def _panel_codegen(block_bytes: int):
     """codegen for (w, r0, packed, scales): rows r0 .. r0 + NR of a Q8_0 (34-byte blocks) or Q4_0 (18) weight
