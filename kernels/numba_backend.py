@@ -772,9 +772,10 @@ def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
 # python -m bench.run --quick, best of two runs each, synthetic / reference tokens per second: q4_0 482 / 471
 # with the outer design, 587 / 506 with int16; q8_0 467 / 469 -> 562 / 537.
 #
-# int8 for Q4_0 weights only, measured again with its panels built straight from the blocks as int16's are
-# (2026-12-01, this 2-core Sapphire Rapids, quiet): one layer q4_0, GFLOP/s wall, int8 / int16: n=1 31 / 22, n=18
-# 278 / 197, n=512 530 / 365; the 205 reference texts 22.6 s / 30.6 s; cosine against the reference 0.98858 /
+# int8 for Q4_0 weights only, measured again (2026-12-01, this 2-core Xeon, quiet): one layer q4_0 with int8
+# panels built straight from the blocks as int16's are, GFLOP/s wall, int8 / int16: n=1 31 / 22, n=18 278 / 197,
+# n=512 530 / 365; the 205 reference texts 22.6 s / 30.6 s (int8 panels then still built through scratch rows, so
+# the end-to-end gain is understated); cosine against the reference 0.98858 /
 # 0.96489 against 0.98878 / 0.96206 (the gptq file), so the 4-bit weights' error hides it. Not kept: numba and
 # numpy then disagree at min cosine 0.99935 even with numpy rounding its activations to the same int8 blocks,
 # because a rounding step of 1/254 of a block's max turns the backends' float32-order differences (~1e-7) into
