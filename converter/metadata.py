@@ -6,6 +6,7 @@ hyperparameters, EmbeddingGemma's original sliding window, pooling type and dens
 from __future__ import annotations
 
 import gguf
+import numpy as np
 
 from edgegemma import __version__
 from edgegemma import formats as F
@@ -17,7 +18,9 @@ from .vocab import Vocab, add_vocab
 CONVERTER_VERSION = __version__
 
 
-def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe: Recipe, quantizer: str = "ggml") -> None:
+def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe: Recipe, quantizer: str = "ggml",
+                 exact_rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """exact_rows: (ids, float32 rows) of the token table to keep exact, see converter.exact_rows."""
     hp = ckpt.hparams
     w = writer
     w.add_type(gguf.GGUFType.MODEL)
@@ -51,3 +54,7 @@ def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe
     w.add_string(F.KEY_RECIPE, recipe.name)
     w.add_string(F.KEY_QUANTIZER, quantizer)  # ggml, search, imatrix or gptq: how the blocks were filled
     w.add_string(F.KEY_CONVERTER_VERSION, CONVERTER_VERSION)
+    if exact_rows is not None:
+        ids, rows = exact_rows
+        w.add_array(F.KEY_EXACT_TOKEN_IDS, [int(i) for i in ids])  # python ints -> int32 array
+        w.add_array(F.KEY_EXACT_TOKEN_ROWS, np.asarray(rows, np.float32).ravel().tolist())  # floats -> float32 array

@@ -24,6 +24,7 @@ from edgegemma.formats import ARCH, QuantType
 from .checkpoint import Checkpoint, TensorSource, open_checkpoint
 from . import gptq
 from .errors import ConversionError
+from .exact_rows import exact_token_ids, exact_token_rows
 from .metadata import add_metadata
 from .quantize import error_sums, pack, relative_rms, unpack
 from .recipes import RECIPES, Recipe, storage_type
@@ -179,12 +180,20 @@ def convert(
 
         calibration = statistics(src, report)
     rule = "ggml" if quantizer == "ggml" else "search"
+    exact_rows = None
+    table, table_type, _ = next(p for p in plan if p[0].name == F.tensor_name(F.TOKEN_EMBD))
+    if rule != "ggml" and table_type.name == "q4_0":
+        from .calibrate import calibration_texts
+
+        ids = exact_token_ids(ckpt, vocab, calibration_texts())
+        exact_rows = ids, exact_token_rows(ckpt, table, ids)
+        report(f"token_embd.weight: {len(ids)} most used rows kept exact beside the 4-bit table")
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     writer = _Writer(tmp, ARCH)
     reports: list[TensorReport] = []
     try:
-        add_metadata(writer, ckpt, vocab, recipe, quantizer)
+        add_metadata(writer, ckpt, vocab, recipe, quantizer, exact_rows)
         for t, qt, _ in plan:
             byte_shape = _byte_shape(t.shape, qt)
             writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)), raw_dtype=qt.ggml_type)

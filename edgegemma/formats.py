@@ -121,3 +121,7 @@ KEY_PROMPT_TEXTS = KEY_PREFIX + "prompt_texts"  # string array, same order as th
 KEY_RECIPE = KEY_PREFIX + "recipe"  # f32, f16, bf16, q8_0, q4_0, mixed, e4_q8
 KEY_QUANTIZER = KEY_PREFIX + "quantizer"  # which rule filled the blocks: ggml, search, imatrix, gptq
 KEY_CONVERTER_VERSION = KEY_PREFIX + "converter_version"
+# Rows of a 4-bit token table kept exact (converter.exact_rows): their ids (int32 array, sorted) and
+# their float32 values, row after row (float32 array, len(ids) x hidden). llama.cpp ignores both.
+KEY_EXACT_TOKEN_IDS = KEY_PREFIX + "token_embd.exact_ids"
+KEY_EXACT_TOKEN_ROWS = KEY_PREFIX + "token_embd.exact_rows"

@@ -64,6 +64,7 @@ def describe(path: str | Path) -> dict:
         "tensor_bytes": sum(g["bytes"] for g in groups.values()),
         "tensor_groups": [{"name": name, "type": qtype, **g} for (name, qtype), g in groups.items()],
         "prompts": dict(zip(list(names), list(texts))),
+        "exact_token_rows": len(meta.get(F.KEY_EXACT_TOKEN_IDS, [])),  # rows of a 4-bit table also stored as float32
     }
 
 
@@ -88,7 +89,8 @@ def format_text(d: dict) -> str:
     for g in d["tensor_groups"]:
         shape = "x".join(map(str, g["shape"]))
         count = f"x{g['tensors']}" if g["tensors"] > 1 else ""
-        lines.append(f"  {g['name']:<{width}}  {g['type']:<5} {count:>4}  {shape:<12} {_mib(g['bytes']):>10}")
+        lines.append(f"  {g['name']:<{width}}  {g['type']:<5} {count:>4}  {shape:<12} {_mib(g['bytes']):>10}"
+                     + (f"  + {d['exact_token_rows']} rows exact (f32)" if g["name"] == "token_embd" and d["exact_token_rows"] else ""))
     lines.append(f"prompts       {len(d['prompts'])}" + (" (prompt_name: text)" if d["prompts"] else ""))
     width = max((len(n) for n in d["prompts"]), default=0)
     lines += [f"  {name:<{width}}  {text!r}" for name, text in d["prompts"].items()]

@@ -90,11 +90,18 @@ class EmbeddingGemma:
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         """The rows of the embedding table for token ids `ids`, as float32 (len(ids), hidden), unscaled."""
-        e, read = self.weights.token_embd, self.weights.read_token_rows
+        w = self.weights
+        e, read = w.token_embd, w.read_token_rows
         if read is None:
-            return kernels.dequantize_rows(e.data, e.qtype, ids)
-        rows, inverse = np.unique(row_indices(ids, e.shape[0]), return_inverse=True)
-        return kernels.dequantize_rows(read(rows), e.qtype, inverse.reshape(-1))
+            x = kernels.dequantize_rows(e.data, e.qtype, ids)
+        else:
+            rows, inverse = np.unique(row_indices(ids, e.shape[0]), return_inverse=True)
+            x = kernels.dequantize_rows(read(rows), e.qtype, inverse.reshape(-1))
+        if len(w.exact_token_ids):  # the most used rows, stored exact beside a 4-bit table
+            at = np.searchsorted(w.exact_token_ids, ids).clip(max=len(w.exact_token_ids) - 1)
+            hit = w.exact_token_ids[at] == ids
+            x[hit] = w.exact_token_rows[at[hit]]
+        return x
 
     def _forward(self, sequences: Sequence[Sequence[int]], trace: Trace | None) -> np.ndarray:
         c, w = self.config, self.weights

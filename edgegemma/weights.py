@@ -5,7 +5,7 @@ kilobytes each, are decoded to float32 at load.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
@@ -55,6 +55,10 @@ class Weights:
     # Sorted unique row ids -> those rows of token_embd.data (copies, read from the file without mapping its
     # pages: see GGUFFile.read_rows); None: look the rows up in token_embd.data itself.
     read_token_rows: Callable[[np.ndarray], np.ndarray] | None = None
+    # Rows of a 4-bit token table the file also stores exact (converter.exact_rows): sorted ids
+    # (n,) and their float32 values (n, hidden), used in place of the blocks' rows.
+    exact_token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    exact_token_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
 
 
 def load_weights(file: GGUFFile, config: Config) -> Weights:
@@ -98,7 +102,26 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
         dense_2=matrix(F.DENSE_2, (c.dense_2_features, c.hidden_size)),
         dense_3=matrix(F.DENSE_3, (c.hidden_size, c.dense_2_features)),
         read_token_rows=partial(file.read_rows, file.tensors[token_embd.name]),
+        **_exact_token_rows(file, c),
     )
+
+
+def _exact_token_rows(file: GGUFFile, c: Config) -> dict[str, np.ndarray]:
+    """The exact rows' ids and values from the metadata, checked and copied out of the map; none if absent."""
+    ids, rows = file.metadata.get(F.KEY_EXACT_TOKEN_IDS), file.metadata.get(F.KEY_EXACT_TOKEN_ROWS)
+    if ids is None and rows is None:
+        return {}
+    where = f"{file.path}: {F.KEY_EXACT_TOKEN_IDS} / {F.KEY_EXACT_TOKEN_ROWS}"
+    if not (isinstance(ids, np.ndarray) and ids.dtype.kind in "iu" and isinstance(rows, np.ndarray) and rows.dtype == np.float32):
+        raise ModelFileError(f"{where}: expected an integer array and a float32 array")
+    ids = ids.astype(np.int64)
+    if len(ids) and (ids.min() < 0 or ids.max() >= c.vocab_size or np.any(np.diff(ids) <= 0)):
+        raise ModelFileError(f"{where}: the ids are not sorted, unique token ids below {c.vocab_size}")
+    if rows.size != len(ids) * c.hidden_size:
+        raise ModelFileError(f"{where}: {rows.size} values for {len(ids)} rows of {c.hidden_size}")
+    if not np.isfinite(rows).all():
+        raise ModelFileError(f"{where}: the rows hold NaN or Inf")
+    return {"exact_token_ids": ids, "exact_token_rows": rows.reshape(len(ids), c.hidden_size).copy()}
 
 
 def _tensor(file: GGUFFile, kind: str, layer: int | None, shape: tuple[int, ...]):

@@ -1,6 +1,7 @@
 """The sentence-transformers interface and its errors, on the tiny model."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 import edgegemma
 from edgegemma import ModelFileError
+from edgegemma import formats as F
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +144,9 @@ def test_bad_files_name_the_problem(tmp_path, tiny_gguf):
     assert edgegemma.load(tmp_path / "copy.gguf").encode("ok").shape == (edgegemma.load(good).dimension,)
 
 
-def _rewrite(src, dst, change):
+def _rewrite(src, dst, change, change_field=lambda name, value: value):
     """Copy a GGUF file through gguf's own reader and writer, letting `change(name, array, type)`
-    replace a tensor's data and type."""
+    replace a tensor's data and type and `change_field(name, value)` a metadata value."""
     import gguf
 
     reader = gguf.GGUFReader(src)
@@ -153,7 +155,7 @@ def _rewrite(src, dst, change):
         if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE:
             continue
         value_type = field.types[0]
-        value = field.contents()
+        value = change_field(field.name, field.contents())
         if value_type == gguf.GGUFValueType.ARRAY:
             writer.add_key_value(field.name, value, value_type, sub_type=field.types[-1])
         else:
@@ -192,6 +194,43 @@ def test_wrong_tensor_shape_is_named(tmp_path, tiny_gguf):
     _rewrite(tiny_gguf("q8_0"), tmp_path / "shape.gguf", shrink)
     with pytest.raises(ModelFileError, match=r"blk\.1\.ffn_up\.weight has shape \(32, 64\), expected \(96, 64\)"):
         edgegemma.load(tmp_path / "shape.gguf")
+
+
+def _same_tensors(name, values, qtype):
+    import gguf
+
+    return (gguf.quants.quantize(values, qtype) if qtype != 0 else values), qtype
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda name, v: v[:-1] if name == F.KEY_EXACT_TOKEN_ROWS else v, r"\d+ values for \d+ rows of 64"),
+    (lambda name, v: v[::-1] if name == F.KEY_EXACT_TOKEN_IDS else v, r"the ids are not sorted, unique token ids below 384"),
+    (lambda name, v: v[:-1] + [384] if name == F.KEY_EXACT_TOKEN_IDS else v, r"the ids are not sorted, unique token ids below 384"),
+])
+def test_corrupt_exact_token_rows_are_named(change, message, tmp_path, tiny_gguf):
+    _rewrite(tiny_gguf("q4_0"), tmp_path / "exact.gguf", _same_tensors, change)
+    with pytest.raises(ModelFileError, match=re.escape(F.KEY_EXACT_TOKEN_IDS) + ".*" + message):
+        edgegemma.load(tmp_path / "exact.gguf")
+
+
+def test_exact_token_rows_replace_the_4bit_rows(tiny_checkpoint, tiny_gguf):
+    """Ids the file keeps exact embed as the checkpoint's float32 rows; the rest as their Q4_0 blocks."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    path = tiny_gguf("q4_0")
+    model = edgegemma.load(path).model
+    kept = model.weights.exact_token_ids
+    table = load_file(tiny_checkpoint / "model.safetensors")["embed_tokens.weight"]
+    blocks = next(t for t in gguf.GGUFReader(path).tensors if t.name == "token_embd.weight")
+    stored = gguf.quants.dequantize(np.asarray(blocks.data), blocks.tensor_type)
+    ids = np.arange(table.shape[0])
+    exact = np.isin(ids, kept)
+    assert exact.any() and not exact.all()
+    x = model.embed(np.concatenate([ids, ids[::-1]]))[: len(ids)]
+    np.testing.assert_array_equal(x[exact], table[exact])
+    np.testing.assert_array_equal(x[~exact], stored[~exact])
+    assert np.abs(stored[exact] - table[exact]).max() > 0  # the 4-bit rows they replace do differ
 
 
 def test_load_without_a_path_opens_the_default_model(tmp_path, monkeypatch, tiny_gguf):

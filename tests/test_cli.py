@@ -216,8 +216,11 @@ def test_info_on_each_file_type(capsys, monkeypatch, tiny_gguf, recipe):
     model = edgegemma.load(path)
     assert d["config"]["hidden_size"] == model.dimension
     assert d["prompts"] == model.prompts
+    assert d["exact_token_rows"] == len(model.model.weights.exact_token_ids)
+    assert (d["exact_token_rows"] > 0) == (types["token_embd"] == "q4_0")  # only a 4-bit table gets them
     code, text, _ = cli(capsys, monkeypatch, "info", path)
     assert code == 0
+    assert (f"+ {d['exact_token_rows']} rows exact (f32)" in text) == (d["exact_token_rows"] > 0)
     assert f"recipe {recipe}" in text and "gemma-embedding" in text and f"{model.dimension}-d" in text
     assert "query" in text and "task: search result | query: " in text
 

@@ -18,7 +18,10 @@ from gguf import GGMLQuantizationType as T, Keys, TokenType
 from safetensors.numpy import load_file, save_file
 
 from conftest import PROMPTS, make_tiny_checkpoint
+import edgegemma
 from converter import writer as converter_writer
+from converter.calibrate import calibration_texts
+from converter.exact_rows import N_FREQUENT
 from converter.recipes import E4_Q8_TYPES, MIXED_TYPES, RECIPES, storage_type
 from edgegemma import cli
 from edgegemma import formats as F
@@ -187,6 +190,35 @@ def test_metadata(recipe, tiny_checkpoint, tiny_gguf):
     model = reader.get_field(F.KEY_TOKENIZER_MODEL)
     assert model.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT8]
     assert np.asarray(model.parts[model.data[0]:]).tobytes() == (tiny_checkpoint / "tokenizer.model").read_bytes()
+
+
+@pytest.mark.parametrize("recipe", RECIPE_NAMES)
+def test_exact_token_rows(recipe, tiny_checkpoint, tiny_gguf):
+    """Beside a 4-bit table the file keeps its most used rows exact (the checkpoint's float32):
+    <bos>, <eos>, every prompt's tokens, the frequent calibration tokens. Other tables: none."""
+    reader = gguf.GGUFReader(tiny_gguf(recipe))
+    if expected_type(recipe, "token_embd.weight", (2, 2)) != T.Q4_0:
+        assert reader.get_field(F.KEY_EXACT_TOKEN_IDS) is None and reader.get_field(F.KEY_EXACT_TOKEN_ROWS) is None
+        return
+    ids = np.array(field(reader, F.KEY_EXACT_TOKEN_IDS))
+    rows = np.array(field(reader, F.KEY_EXACT_TOKEN_ROWS), np.float32).reshape(len(ids), -1)
+    table = hf_tensors(tiny_checkpoint)["token_embd.weight"]
+    assert np.all(np.diff(ids) > 0) and len(ids) < table.shape[0]
+    np.testing.assert_array_equal(rows, table[ids])
+    kept = set(ids.tolist())
+    assert {field(reader, Keys.Tokenizer.BOS_ID), field(reader, Keys.Tokenizer.EOS_ID)} <= kept
+    tokenizer = edgegemma.load(tiny_gguf(recipe)).tokenizer
+    assert all(set(tokenizer.encode(prompt)) <= kept for prompt in PROMPTS.values())
+    # The tiny vocabulary's calibration texts use fewer distinct tokens than N_FREQUENT: all of them are kept.
+    seen = {i for text in calibration_texts() for i in tokenizer.encode(text)}
+    assert len(seen) < N_FREQUENT and seen <= kept
+    assert any("rows kept exact" in line for line in tiny_gguf.lines[recipe])
+
+
+def test_ggml_rule_keeps_no_exact_rows(tiny_gguf):
+    """--quantizer ggml is for byte-for-byte comparison with llama.cpp's files: nothing of ours added."""
+    reader = gguf.GGUFReader(tiny_gguf("q4_0", "ggml"))
+    assert reader.get_field(F.KEY_EXACT_TOKEN_IDS) is None and reader.get_field(F.KEY_EXACT_TOKEN_ROWS) is None
 
 
 def test_tokenizer_keys(tiny_checkpoint, tiny_gguf):
