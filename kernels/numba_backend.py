@@ -179,6 +179,9 @@ if numba.config.DISABLE_JIT:
         counter[0] += 1
         return task
 
+    def _prefetch(a, offset):
+        pass
+
 else:
 
     @intrinsic
@@ -229,6 +232,24 @@ else:
             return builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "monotonic")
 
         return types.int64(counter), codegen
+
+    @intrinsic
+    def _prefetch(typingctx, a, offset):
+        """A hint to bring byte `offset` of the array `a` into the caches (llvm.prefetch: read, kept in every level);
+        it never faults, so no bounds check is needed."""
+        if not (isinstance(a, types.Array) and isinstance(offset, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            at = builder.gep(builder.bitcast(array.data, i8p), [args[1]])
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                                "llvm.prefetch." + i8p.intrinsic_name)
+            builder.call(fn, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.void(a, offset), codegen
 
 
 @_inner()
@@ -1072,6 +1093,20 @@ SHARED = 3  # weights one integer call multiplies the same activations by (q, k 
 _u8_weights = types.UniTuple(u8_rows, SHARED)
 _f32_outputs = types.UniTuple(f32_rows, SHARED)
 
+@_inner()
+def _prefetch_task(ws, task_starts, task, group):
+    """Prefetch the weight rows of integer-design task `task` (see _int_worker), a cache line at a time."""
+    j = 0
+    while task >= task_starts[j + 1]:
+        j += 1
+    w = ws[j]
+    first = (task - task_starts[j]) * group * NR
+    last = min(w.shape[0], first + group * NR)
+    row_bytes = w.shape[1]
+    for offset in range(first * row_bytes, last * row_bytes, 64):
+        _prefetch(w, offset)
+
+
 if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
 
     @_jit({bits: types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, i64_counter,
@@ -1086,10 +1121,19 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
         packed = np.empty((group, k * qx.itemsize // 4 * NR), np.float32)
         scales = np.zeros((group, n_blocks * NR), np.float32)
         spill = np.empty((INT_MR, NR), np.float32)
+        end = task_starts[SHARED]
         while True:
             task = _claim(counter)
-            if task >= task_starts[SHARED]:
+            if task >= end:
                 break
+            # Prefetch the weight bytes of the next two tasks to be claimed (by either thread) while this one
+            # computes: at a query's few tokens a task is short, and its weights (each read once a query, 57 MiB at
+            # q4_0) come from memory. A hint only: the counter is read without claiming. Measured (2026-12-01,
+            # q4_0, 18 tokens, the matmuls of all 24 layers, 9 alternating runs each): 27.3 ms without, 24.6 with;
+            # the same layer 24 times (weights in cache) unchanged; 100 reference texts and 16 long documents: same.
+            ahead = counter[0]
+            for later in range(ahead, min(ahead + 2, end)):
+                _prefetch_task(ws, task_starts, later, group)
             j = 0
             while task >= task_starts[j + 1]:
                 j += 1
