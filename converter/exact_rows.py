@@ -5,10 +5,10 @@ occur in nearly every input pay it again and again: `<bos>` and `<eos>`, the pro
 chat markers, newlines, indentation, digits and common words. Those few hundred rows are written
 as float32 under edgegemma's own metadata keys (F.KEY_EXACT_TOKEN_IDS / F.KEY_EXACT_TOKEN_ROWS,
 ~0.9 MB); the table itself stays plain Q4_0, so llama.cpp still loads the file (and uses the
-4-bit rows). On the 205 reference texts, document mode, e4_q8 (table Q4_0, the rest Q8_0, gptq):
-mean / min cosine 0.99900 / 0.99099 with the 4-bit rows alone, 0.99920 / 0.99607 with these rows
-exact; 128 frequent rows gave the same min, 512 a lower one (0.99563): the frequency counts of
-~21,000 calibration tokens say little past the first few hundred.
+4-bit rows). On the 205 reference texts, document mode, e4_q8 (table Q4_0, the rest Q8_0, gptq,
+calibration v3): mean / min cosine 0.99900 / 0.99099 with the 4-bit rows alone, 0.99920 / 0.99607
+with these rows exact; 128 frequent rows gave the same min, 512 a lower one (0.99563): the
+frequency counts of ~21,000 calibration tokens say little past the first few hundred.
 
 Which rows: the named control tokens (not the 6,000 `<unusedN>`), the tokens of every prompt of
 the checkpoint, and the N_FREQUENT most frequent tokens of the calibration texts (never the
