@@ -1094,13 +1094,19 @@ _u8_weights = types.UniTuple(u8_rows, SHARED)
 _f32_outputs = types.UniTuple(f32_rows, SHARED)
 
 @_inner()
-def _prefetch_task(ws, task_starts, task, group):
-    """Prefetch the weight rows of integer-design task `task` (see _int_worker), a cache line at a time."""
+def _task_rows(task_starts, task, group):
+    """Integer-design task `task` -> (j, first): it multiplies weight j's `group` panels of NR rows from row first."""
     j = 0
     while task >= task_starts[j + 1]:
         j += 1
+    return j, (task - task_starts[j]) * group * NR
+
+
+@_inner()
+def _prefetch_task(ws, task_starts, task, group):
+    """Prefetch the weight rows of integer-design task `task` (see _int_worker), a cache line at a time."""
+    j, first = _task_rows(task_starts, task, group)
     w = ws[j]
-    first = (task - task_starts[j]) * group * NR
     last = min(w.shape[0], first + group * NR)
     row_bytes = w.shape[1]
     for offset in range(first * row_bytes, last * row_bytes, 64):
@@ -1134,12 +1140,9 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
             ahead = counter[0]
             for later in range(ahead, min(ahead + 2, end)):
                 _prefetch_task(ws, task_starts, later, group)
-            j = 0
-            while task >= task_starts[j + 1]:
-                j += 1
+            j, first = _task_rows(task_starts, task, group)
             w, y = ws[j], ys[j]
             rows = w.shape[0]
-            first = (task - task_starts[j]) * group * NR
             panels = min(group, (rows - first + NR - 1) // NR)
             for p in range(panels):
                 r0 = first + p * NR
