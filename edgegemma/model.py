@@ -18,6 +18,10 @@ from .weights import LayerWeights, Weight, Weights
 
 MAX_TOKENS = 2048  # tokens through the layers at once (the model's context: a longer sequence cannot occur)
 
+# Position-wise steps (norms, projections, feed-forward) take this many tokens at a time: their intermediates
+# then take ~3 MiB whatever the batch, and the integer matmul runs as fast at 256 tokens as at 2,048.
+CHUNK_TOKENS = 256
+
 Trace = Callable[[str, np.ndarray], None]  # receives named intermediates, for layer-by-layer comparisons
 
 
@@ -53,14 +57,15 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return kernels.rope(x, cos, sin)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, radius: int | None) -> np.ndarray:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, radius: int | None,
+              out: np.ndarray | None = None) -> np.ndarray:
     """Bidirectional attention of one sequence: q (L, heads, d), k and v (L, kv_heads, d), query heads sharing
     key/value heads in groups; softmax(scale · q·k) · v.
 
     With a radius, token i sees token j only when |i - j| <= radius (the sliding window). Queries go in
-    blocks, each against just the keys it can see, so memory stays at block × window.
+    blocks, each against just the keys it can see, so memory stays at block × window. `out` may be q itself.
     """
-    return kernels.attention(q, k, v, scale, radius)
+    return kernels.attention(q, k, v, scale, radius, out)
 
 
 class EmbeddingGemma:
@@ -74,7 +79,7 @@ class EmbeddingGemma:
         """Token-id sequences -> (batch, hidden) sentence vectors, L2-normalised.
 
         At most MAX_TOKENS tokens go through the layers at once (a longer batch runs as several, in order):
-        the activations take ~17 KiB a token at their peak, so this bounds them at ~35 MiB whatever the
+        the activations take ~12 KiB a token at their peak, so this bounds them at ~24 MiB whatever the
         batch size, and costs nothing in speed (a layer's weights are re-read once per 2,048 tokens)."""
         lengths = [len(s) for s in sequences]
         if trace is None and sum(lengths) > MAX_TOKENS:
@@ -110,13 +115,14 @@ class EmbeddingGemma:
         positions = np.concatenate([np.arange(n) for n in lengths])
         bounds = np.cumsum([0] + lengths)
         note = trace or (lambda name, value: None)
+        chunk = CHUNK_TOKENS if trace is None else max(1, len(ids))  # a trace records whole intermediates
 
         # Embeddings, scaled by sqrt(hidden) as Gemma does.
         x = self.embed(ids)
         x *= np.float32(np.sqrt(c.hidden_size))
         note("embeddings", x)
         for i, layer in enumerate(w.layers):
-            x = self._block(i, layer, x, positions, bounds, note)  # x is updated in place
+            x = self._block(i, layer, x, positions, bounds, note, chunk)  # x is updated in place
             note(f"blk.{i}", x)
         x = rms_norm(x, w.output_norm, c.rms_norm_eps)
         note("output_norm", x)
@@ -135,44 +141,47 @@ class EmbeddingGemma:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
 
     def _block(self, i: int, layer: LayerWeights, x: np.ndarray, positions: np.ndarray, bounds: np.ndarray,
-               note: Trace) -> np.ndarray:
+               note: Trace, chunk: int) -> np.ndarray:
         c = self.config
-        n = x.shape[0]
+        n, eps = x.shape[0], c.rms_norm_eps
         sliding = c.is_sliding(i)
         cos, sin = self.rope_local if sliding else self.rope_global
-        cos, sin = cos[positions], sin[positions]
+        heads, kv_heads, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        # The position-wise steps go `chunk` tokens at a time and x is added to in place: x, q, k and v are the
+        # only whole-batch arrays, attention writes over q, and the activations' peak is ~12 KiB a token.
 
-        # Attention: norm, project, q/k norms, rotate, attend per sequence, project back, norm, add.
-        # Each intermediate is dropped as soon as it is used, and x is added to in place: the activations'
-        # peak is what bounds memory for a batch.
-        h = rms_norm(x, layer.attn_norm, c.rms_norm_eps)
-        note(f"blk.{i}.attn_norm", h)  # the input of q, k and v
-        q, k, v = linears(h, layer.attn_q, layer.attn_k, layer.attn_v)
-        del h
-        q = apply_rope(rms_norm(q.reshape(n, c.num_attention_heads, c.head_dim), layer.attn_q_norm, c.rms_norm_eps), cos, sin)
-        k = apply_rope(rms_norm(k.reshape(n, c.num_key_value_heads, c.head_dim), layer.attn_k_norm, c.rms_norm_eps), cos, sin)
-        v = v.reshape(n, c.num_key_value_heads, c.head_dim)
-        del cos, sin
+        # Attention: norm, project, q/k norms, rotate; attend per sequence; project back, norm, add.
+        block = np.empty(n * (heads + 2 * kv_heads) * d, np.float32)  # q, k and v in one allocation
+        q = block[:n * heads * d].reshape(n, heads, d)
+        k, v = block[n * heads * d:].reshape(2, n, kv_heads, d)
+        for a, b in _spans(n, chunk):
+            h = rms_norm(x[a:b], layer.attn_norm, eps)
+            note(f"blk.{i}.attn_norm", h)  # the input of q, k and v
+            qc, kc, vc = linears(h, layer.attn_q, layer.attn_k, layer.attn_v)
+            rotate = cos[positions[a:b]], sin[positions[a:b]]
+            q[a:b] = apply_rope(rms_norm(qc.reshape(b - a, heads, d), layer.attn_q_norm, eps), *rotate)
+            k[a:b] = apply_rope(rms_norm(kc.reshape(b - a, kv_heads, d), layer.attn_k_norm, eps), *rotate)
+            v[a:b] = vc.reshape(b - a, kv_heads, d)
         radius = c.attention_radius if sliding else None
-        a = np.empty_like(q)
-        for start, stop in zip(bounds[:-1], bounds[1:]):
-            a[start:stop] = attention(q[start:stop], k[start:stop], v[start:stop], c.query_pre_attn_scalar ** -0.5, radius)
-        del q, k, v
-        a = a.reshape(n, -1)
-        note(f"blk.{i}.attn_out_in", a)
-        h = linear(a, layer.attn_output)
-        del a
-        x += rms_norm(h, layer.post_attention_norm, c.rms_norm_eps)
+        for start, stop in zip(bounds[:-1], bounds[1:]):  # each sequence's output replaces its queries
+            attention(q[start:stop], k[start:stop], v[start:stop], c.query_pre_attn_scalar ** -0.5, radius, out=q[start:stop])
+        mixed = q.reshape(n, heads * d)
+        note(f"blk.{i}.attn_out_in", mixed)
+        for a, b in _spans(n, chunk):
+            x[a:b] += rms_norm(linear(mixed[a:b], layer.attn_output), layer.post_attention_norm, eps)
+        del block, q, k, v, mixed
 
         # Feed-forward: norm, GeGLU (gelu-tanh gate times up), down, norm, add.
-        h = rms_norm(x, layer.ffn_norm, c.rms_norm_eps)
-        note(f"blk.{i}.ffn_norm", h)  # the input of gate and up
-        g, up = linears(h, layer.ffn_gate, layer.ffn_up)
-        del h
-        g = geglu(g, up)
-        del up
-        note(f"blk.{i}.ffn_down_in", g)
-        h = linear(g, layer.ffn_down)
-        del g
-        x += rms_norm(h, layer.post_ffw_norm, c.rms_norm_eps)
+        for a, b in _spans(n, chunk):
+            h = rms_norm(x[a:b], layer.ffn_norm, eps)
+            note(f"blk.{i}.ffn_norm", h)  # the input of gate and up
+            g, up = linears(h, layer.ffn_gate, layer.ffn_up)
+            g = geglu(g, up)
+            note(f"blk.{i}.ffn_down_in", g)
+            x[a:b] += rms_norm(linear(g, layer.ffn_down), layer.post_ffw_norm, eps)
         return x
+
+
+def _spans(n: int, chunk: int):
+    """[0, n) in consecutive spans of at most `chunk`."""
+    return ((a, min(n, a + chunk)) for a in range(0, n, chunk))

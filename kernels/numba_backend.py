@@ -69,7 +69,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from llvmlite import ir
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, attention_output, block_format, check_in_place, row_indices, weight_bytes
 
 # ---------------------------------------------------------------------------------------------------------------
 # Compilation: explicit signatures, compiled once at import; cached on disk where a cache folder is writable.
@@ -1623,14 +1623,16 @@ def _attention_parallel(q, keys, values, scale, radius, out, n_tasks, n_workers)
         _attention_worker(q, keys, values, scale, radius, out, counter, n_tasks)
 
 
-def attention(q, k, v, scale, radius) -> np.ndarray:
+def attention(q, k, v, scale, radius, out=None) -> np.ndarray:
     """Bidirectional softmax attention of one sequence: q (L, heads, d), k and v (L, kv_heads, d); query heads
     share key/value heads in equal groups. softmax(scale q.k) over the keys, times the values; with a radius,
-    position i sees position j only when |i - j| <= radius."""
+    position i sees position j only when |i - j| <= radius. Into `out` (q's shape) when given, which may be q
+    itself: a task copies its queries before it writes their rows, and no other task reads them."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     k, v = np.ascontiguousarray(k, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32)
     length, _, d = q.shape
-    out = np.empty_like(q)
+    out = np.empty_like(q) if out is None else attention_output(out, q)
+    q = _read_only(q)
     if length == 0:
         return out
     n_kv = k.shape[1]

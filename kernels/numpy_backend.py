@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, attention_output, block_format, check_in_place, row_indices, weight_bytes
 
 # A tile of weight rows is dequantized into at most this many float32 values (4 MiB) at a time.
 TILE_VALUES = 1 << 20
@@ -136,15 +136,16 @@ def rope(x, cos, sin) -> np.ndarray:
     return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
 
 
-def attention(q, k, v, scale, radius, block: int = 256) -> np.ndarray:
+def attention(q, k, v, scale, radius, out=None, block: int = 256) -> np.ndarray:
     """Bidirectional softmax attention of one sequence: q (L, heads, d), k and v (L, kv_heads, d); query heads
     share key/value heads in equal groups. softmax(scale q.k) over the keys, times the values; with a radius,
     position i sees position j only when |i - j| <= radius.
 
-    Queries go in blocks, each against just the keys it can see, so memory stays at block x window."""
+    Queries go in blocks, each against just the keys it can see, so memory stays at block x window. Into `out`
+    (q's shape) when given, which may be q itself: a block's queries are used up before its rows are written."""
     length, n_heads, d = q.shape
     group = n_heads // k.shape[1]  # query heads sharing one key/value head
-    out = np.empty_like(q)
+    out = np.empty_like(q) if out is None else attention_output(out, q)
     for kv_head in range(k.shape[1]):
         heads = slice(kv_head * group, (kv_head + 1) * group)
         keys, values = k[:, kv_head], v[:, kv_head]

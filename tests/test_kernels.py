@@ -360,6 +360,21 @@ def test_attention_matches_float64(backend, length, n_heads, n_kv, d, radius):
     got = backend.attention(q, k, v, d ** -0.5, radius)
     assert got.dtype == np.float32 and got.shape == q.shape
     np.testing.assert_allclose(got, attention_float64(q, k, v, d ** -0.5, radius), rtol=0, atol=2e-6 * np.abs(v).max())
+    # Written over the queries themselves (the model's way to save a buffer): the same answer.
+    in_place = q.copy()
+    assert backend.attention(in_place, k, v, d ** -0.5, radius, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, got)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_attention_output_is_checked(backend):
+    q, k = np.ones((5, 2, 16), np.float32), np.ones((5, 1, 16), np.float32)
+    with pytest.raises(ValueError, match="out has shape"):
+        backend.attention(q, k, k, 0.25, None, out=q[:4])
+    read_only = q.copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="writable C-contiguous float32"):
+        backend.attention(q, k, k, 0.25, None, out=read_only)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

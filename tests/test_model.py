@@ -40,6 +40,15 @@ def test_packed_batch_equals_one_at_a_time(tiny):
     np.testing.assert_allclose(batched, alone, atol=2e-6)
 
 
+def test_chunks_of_tokens_give_the_same_embeddings(tiny, monkeypatch):
+    import edgegemma.model
+
+    model, _ = tiny
+    whole = model.encode(TEXTS, batch_size=len(TEXTS))
+    monkeypatch.setattr(edgegemma.model, "CHUNK_TOKENS", 7)  # chunks that cut through sequences
+    np.testing.assert_allclose(model.encode(TEXTS, batch_size=len(TEXTS)), whole, atol=2e-6)
+
+
 def test_trace_names_every_step(tiny):
     model, _ = tiny
     seen = model.trace("hello world")
