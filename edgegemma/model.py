@@ -18,10 +18,6 @@ from .weights import LayerWeights, Weight, Weights
 
 MAX_TOKENS = 2048  # tokens through the layers at once (the model's context: a longer sequence cannot occur)
 
-# Position-wise steps (norms, projections, feed-forward) take this many tokens at a time: their intermediates
-# then take ~3 MiB whatever the batch, and the integer matmul runs as fast at 256 tokens as at 2,048.
-CHUNK_TOKENS = 256
-
 Trace = Callable[[str, np.ndarray], None]  # receives named intermediates, for layer-by-layer comparisons
 
 
@@ -79,8 +75,9 @@ class EmbeddingGemma:
         """Token-id sequences -> (batch, hidden) sentence vectors, L2-normalised.
 
         At most MAX_TOKENS tokens go through the layers at once (a longer batch runs as several, in order):
-        the activations take ~12 KiB a token at their peak, so this bounds them at ~24 MiB whatever the
-        batch size, and costs nothing in speed (a layer's weights are re-read once per 2,048 tokens)."""
+        the activations take ~12 KiB a token at their peak (~17 with the numpy backend, which takes whole
+        batches), so this bounds them at ~24 MiB (~35) whatever the batch size, and costs nothing in speed
+        (a layer's weights are re-read once per 2,048 tokens)."""
         lengths = [len(s) for s in sequences]
         if trace is None and sum(lengths) > MAX_TOKENS:
             groups, start, total = [], 0, 0
@@ -115,7 +112,10 @@ class EmbeddingGemma:
         positions = np.concatenate([np.arange(n) for n in lengths])
         bounds = np.cumsum([0] + lengths)
         note = trace or (lambda name, value: None)
-        chunk = CHUNK_TOKENS if trace is None else max(1, len(ids))  # a trace records whole intermediates
+        # Position-wise steps (norms, projections, feed-forward) go as many tokens at a time as the kernels work
+        # best with (256 with Numba: faster than the whole batch, and their intermediates stay small).
+        # A trace records whole intermediates.
+        chunk = kernels.MATMUL_ROWS if trace is None else max(1, len(ids))
 
         # Embeddings, scaled by sqrt(hidden) as Gemma does.
         x = self.embed(ids)
@@ -148,7 +148,8 @@ class EmbeddingGemma:
         cos, sin = self.rope_local if sliding else self.rope_global
         heads, kv_heads, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         # The position-wise steps go `chunk` tokens at a time and x is added to in place: x, q, k and v are the
-        # only whole-batch arrays, attention writes over q, and the activations' peak is ~12 KiB a token.
+        # only whole-batch arrays, attention writes over q, and in 256-token steps the activations' peak is
+        # ~12 KiB a token.
 
         # Attention: norm, project, q/k norms, rotate; attend per sequence; project back, norm, add.
         block = np.empty(n * (heads + 2 * kv_heads) * d, np.float32)  # q, k and v in one allocation

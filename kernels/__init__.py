@@ -3,6 +3,7 @@ needs besides. They know block formats and array shapes, not models.
 
     matmul(x, w, qtype)               x (n, k) float32 @ W.T -> (n, rows) float32
     matmuls(x, [(w, qtype), ...])     [matmul(x, w, qtype) for each], sharing the work on x where it can
+    MATMUL_ROWS                       rows of x to hand matmul at a time when a caller splits a large batch
     dequantize_rows(w, qtype, ids)    rows `ids` of W as float32 (len(ids), k): embedding lookup
     dequantize(w, qtype)              all of W as float32 (rows, k): small tensors and tests
     rms_norm(x, weight, eps)          x / sqrt(mean(x^2, last axis) + eps) * weight
@@ -51,6 +52,7 @@ def _choose_backend():
 BACKEND, _backend = _choose_backend()
 matmul = _backend.matmul
 matmuls = _backend.matmuls
+MATMUL_ROWS = _backend.MATMUL_ROWS
 dequantize_rows = _backend.dequantize_rows
 dequantize = _backend.dequantize
 rms_norm = _backend.rms_norm
@@ -59,5 +61,5 @@ gelu_tanh_mul = _backend.gelu_tanh_mul
 rope = _backend.rope
 attention = _backend.attention
 
-__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "dequantize_rows", "dequantize", "rms_norm",
+__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "MATMUL_ROWS", "dequantize_rows", "dequantize", "rms_norm",
            "gelu_tanh", "gelu_tanh_mul", "rope", "attention"]

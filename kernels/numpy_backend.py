@@ -87,6 +87,12 @@ def matmul(x, w, qtype) -> np.ndarray:
     return y
 
 
+# Rows of x a caller that splits its batch should hand matmul at a time: each call decodes every weight tile
+# once, so the more rows share it the better (8 synthetic documents, ~2,048 tokens, in 256-row steps: 5.1-5.4 s,
+# against 3.8 s in one).
+MATMUL_ROWS = 4096
+
+
 def matmuls(x, weights) -> list[np.ndarray]:
     """[x @ W.T for (W, qtype) in weights] (the numba backend shares the work on x between them)."""
     return [matmul(x, w, qtype) for w, qtype in weights]

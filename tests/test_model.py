@@ -41,11 +41,11 @@ def test_packed_batch_equals_one_at_a_time(tiny):
 
 
 def test_chunks_of_tokens_give_the_same_embeddings(tiny, monkeypatch):
-    import edgegemma.model
+    import kernels
 
     model, _ = tiny
     whole = model.encode(TEXTS, batch_size=len(TEXTS))
-    monkeypatch.setattr(edgegemma.model, "CHUNK_TOKENS", 7)  # chunks that cut through sequences
+    monkeypatch.setattr(kernels, "MATMUL_ROWS", 7)  # chunks that cut through sequences
     np.testing.assert_allclose(model.encode(TEXTS, batch_size=len(TEXTS)), whole, atol=2e-6)
 
 
