@@ -90,12 +90,3 @@ def check_in_place(x: np.ndarray, y: np.ndarray) -> None:
         raise ValueError("the in-place operand must be a writable C-contiguous float32 array")
     if np.shape(y) != x.shape:
         raise ValueError(f"operands of shapes {x.shape} and {np.shape(y)} do not match")
-
-
-def attention_output(out: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """`out`, checked to be a writable C-contiguous float32 array of q's shape: where attention writes."""
-    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError("attention's out must be a writable C-contiguous float32 array")
-    if out.shape != np.shape(q):
-        raise ValueError(f"attention's out has shape {out.shape}, the queries {np.shape(q)}")
-    return out

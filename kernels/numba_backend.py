@@ -69,7 +69,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from llvmlite import ir
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, attention_output, block_format, check_in_place, row_indices, weight_bytes
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
 
 # ---------------------------------------------------------------------------------------------------------------
 # Compilation: explicit signatures, compiled once at import; cached on disk where a cache folder is writable.
@@ -1639,8 +1639,9 @@ def attention(q, k, v, scale, radius, out=None) -> np.ndarray:
     q = np.ascontiguousarray(q, dtype=np.float32)
     k, v = np.ascontiguousarray(k, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32)
     length, _, d = q.shape
-    out = np.empty_like(q) if out is None else attention_output(out, q)
-    q = _read_only(q)
+    if out is None:
+        out = np.empty_like(q)
+    check_in_place(out, q)
     if length == 0:
         return out
     n_kv = k.shape[1]

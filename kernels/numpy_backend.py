@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, attention_output, block_format, check_in_place, row_indices, weight_bytes
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
 
 # A tile of weight rows is dequantized into at most this many float32 values (4 MiB) at a time.
 TILE_VALUES = 1 << 20
@@ -151,7 +151,9 @@ def attention(q, k, v, scale, radius, out=None, block: int = 256) -> np.ndarray:
     (q's shape) when given, which may be q itself: a block's queries are used up before its rows are written."""
     length, n_heads, d = q.shape
     group = n_heads // k.shape[1]  # query heads sharing one key/value head
-    out = np.empty_like(q) if out is None else attention_output(out, q)
+    if out is None:
+        out = np.empty_like(q)
+    check_in_place(out, q)
     for kv_head in range(k.shape[1]):
         heads = slice(kv_head * group, (kv_head + 1) * group)
         keys, values = k[:, kv_head], v[:, kv_head]
