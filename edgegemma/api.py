@@ -32,8 +32,8 @@ class SentenceEncoder:
             self.config = Config.from_metadata(meta)
         except KeyError as err:
             raise ModelFileError(f"{self.path}: metadata key {err.args[0]} is missing") from None
+        self.tokenizer = self._tokenizer(meta)  # first: its transient memory then peaks before the weights are packed
         self.model = EmbeddingGemma(self.config, load_weights(self.file, self.config))
-        self.tokenizer = self._tokenizer(meta)
         names, texts = meta.get(F.KEY_PROMPT_NAMES, []), meta.get(F.KEY_PROMPT_TEXTS, [])
         self.prompts: dict[str, str] = dict(zip(names, texts))
         self.recipe = meta.get(F.KEY_RECIPE, "unknown")

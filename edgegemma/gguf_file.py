@@ -221,8 +221,19 @@ class GGUFFile:
     def release_header(self) -> None:
         """Drop the metadata's pages (the vocabulary, the SentencePiece model: ~15 MiB) from this process's
         resident set once the model is built from them; they are read back from the file if used again."""
-        if hasattr(mmap, "MADV_DONTNEED") and self.data_start:
+        self._release(0, self.data_start)
+
+    def release(self, info: TensorInfo) -> None:
+        """Drop a tensor's pages from this process's resident set (those it shares with no other tensor): for
+        tensors read once at load into a form of their own."""
+        start = info.data.ctypes.data - self._data_offset
+        self._release(start, start + info.data.nbytes)
+
+    def _release(self, start: int, end: int) -> None:
+        page = mmap.PAGESIZE
+        start, end = -(-start // page) * page, min(end, len(self._map)) // page * page
+        if hasattr(mmap, "MADV_DONTNEED") and end > start:
             try:
-                self._map.madvise(mmap.MADV_DONTNEED, 0, min(self.data_start, len(self._map)))
+                self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
             except OSError:
                 pass

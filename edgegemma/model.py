@@ -23,12 +23,12 @@ Trace = Callable[[str, np.ndarray], None]  # receives named intermediates, for l
 
 def linear(x: np.ndarray, weight: Weight) -> np.ndarray:
     """x @ W.T, with W read block by block where it lies in the file."""
-    return kernels.matmul(x, weight.data, weight.qtype)
+    return kernels.matmul(x, weight.packed, weight.qtype)
 
 
 def linears(x: np.ndarray, *weights: Weight) -> list[np.ndarray]:
     """[linear(x, W) for W in weights], the kernels sharing their work on x."""
-    return kernels.matmuls(x, [(w.data, w.qtype) for w in weights])
+    return kernels.matmuls(x, [(w.packed, w.qtype) for w in weights])
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

@@ -1,7 +1,9 @@
 """The model's weights, as the file stores them: checked by name, shape and type, never expanded.
 
-Matrices stay quantized views into the memory map (`Weight`); only the 1-D norm vectors, a few
-kilobytes each, are decoded to float32 at load.
+Matrices stay quantized: views into the memory map (`Weight.data`), and the layers' and the dense head's
+also as the kernels read them fastest (`Weight.packed`: the same blocks, repacked where the kernels repack
+them, then read from there and not from the map). Only the 1-D norm vectors, a few kilobytes each, are
+decoded to float32 at load.
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ from .gguf_file import GGUFFile, ModelFileError
 
 @dataclass(frozen=True)
 class Weight:
-    """One matrix as stored: `data` is uint8 (out_features, bytes per row) in `qtype` blocks."""
+    """One matrix as stored: `data` is uint8 (out_features, bytes per row) in `qtype` blocks; `packed` is what
+    kernels.matmul multiplies by (kernels.pack of data, or data itself)."""
 
     name: str
     qtype: int
     shape: tuple[int, int]  # (out_features, in_features)
     data: np.ndarray
+    packed: object = None
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,16 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
     c = config
     q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
 
-    def matrix(kind: str, shape: tuple[int, int], layer: int | None = None) -> Weight:
+    def matrix(kind: str, shape: tuple[int, int], layer: int | None = None, pack: bool = True) -> Weight:
         info = _tensor(file, kind, layer, shape)
         try:
             F.quant_type(info.ggml_type)
         except ValueError as err:
             raise ModelFileError(f"{file.path}: tensor {info.name}: {err}") from None
-        return Weight(info.name, info.ggml_type, shape, info.data)
+        packed = kernels.pack(info.data, info.ggml_type) if pack else info.data
+        if packed is not info.data:
+            file.release(info)  # read once, to pack
+        return Weight(info.name, info.ggml_type, shape, info.data, packed)
 
     def vector(kind: str, size: int, layer: int | None = None) -> np.ndarray:
         info = _tensor(file, kind, layer, (size,))
@@ -94,7 +101,7 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
             post_ffw_norm=vector(F.FFN_POST_NORM, c.hidden_size, i),
         )
 
-    token_embd = matrix(F.TOKEN_EMBD, (c.vocab_size, c.hidden_size))
+    token_embd = matrix(F.TOKEN_EMBD, (c.vocab_size, c.hidden_size), pack=False)  # only rows are looked up
     return Weights(
         token_embd=token_embd,
         layers=[layer(i) for i in range(c.num_hidden_layers)],

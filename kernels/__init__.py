@@ -4,6 +4,7 @@ needs besides. They know block formats and array shapes, not models.
     matmul(x, w, qtype)               x (n, k) float32 @ W.T -> (n, rows) float32
     matmuls(x, [(w, qtype), ...])     [matmul(x, w, qtype) for each], sharing the work on x where it can
     MATMUL_ROWS                       rows of x to hand matmul at a time when a caller splits a large batch
+    pack(w, qtype)                    W as matmul reads it fastest (the same values): for a weight used many times
     dequantize_rows(w, qtype, ids)    rows `ids` of W as float32 (len(ids), k): embedding lookup
     dequantize(w, qtype)              all of W as float32 (rows, k): small tensors and tests
     rms_norm(x, weight, eps)          x / sqrt(mean(x^2, last axis) + eps) * weight
@@ -52,6 +53,7 @@ def _choose_backend():
 BACKEND, _backend = _choose_backend()
 matmul = _backend.matmul
 matmuls = _backend.matmuls
+pack = _backend.pack
 MATMUL_ROWS = _backend.MATMUL_ROWS
 dequantize_rows = _backend.dequantize_rows
 dequantize = _backend.dequantize
@@ -61,5 +63,5 @@ gelu_tanh_mul = _backend.gelu_tanh_mul
 rope = _backend.rope
 attention = _backend.attention
 
-__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "MATMUL_ROWS", "dequantize_rows", "dequantize", "rms_norm",
+__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "pack", "MATMUL_ROWS", "dequantize_rows", "dequantize", "rms_norm",
            "gelu_tanh", "gelu_tanh_mul", "rope", "attention"]

@@ -4,11 +4,12 @@ Per type there is only a row decoder (`_decode_q8_0(src, dst)` ...: one stored r
 gguf.quants) and one function mapping type ids to them (`_decode_row`). Everything else is generic: the matmul
 designs take the type id and decode rows through `_decode_row`.
 
-matmul, three designs (the numbers are in the comments above `matmul`): below 40 tokens "dot" (a task decodes
-32 rows of W to float32 and multiplies a chunk of tokens by them, four rows by six tokens at a time); from 40
-tokens on, for Q8_0 and Q4_0 on CPUs with AVX-512 VNNI, "int" (activations quantized once per matmul to int16
-blocks, integer dot products with the weight blocks as stored: vpdpwssd), otherwise "outer" (32 decoded rows
-packed side by side, outer products with 12 tokens at a time). Threads claim tasks from a shared counter until
+matmul, three designs (the numbers are in the comments above `matmul`): for Q8_0 and Q4_0 on CPUs with AVX-512
+VNNI, "int" at every n (activations quantized once per matmul to int16 blocks, integer dot products with the
+weight blocks' integers, which `pack` lays out in panels once, at load: vpdpwssd); otherwise below 40 tokens
+"dot" (a task decodes 32 rows of W to float32 and multiplies a chunk of tokens by them, four rows by six tokens
+at a time) and from 40 tokens on "outer" (32 decoded rows packed side by side, outer products with 12 tokens
+at a time). Threads claim tasks from a shared counter until
 none are left, so a thread the OS descheduled costs at most one task, not half the work; no BLAS, so no
 second thread pool.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from functools import partial
 
 # How long Numba's OpenMP threads spin after a parallel kernel before they sleep. libgomp's default (300,000
 # spins, ~28 ms here) steals the cores other threads need: a 16-token Q8_0 matmul after BLAS calls ran at 3.6
@@ -209,9 +211,6 @@ if numba.config.DISABLE_JIT:
         counter[0] += 1
         return task
 
-    def _prefetch(a, offset):
-        pass
-
 else:
 
     @intrinsic
@@ -262,24 +261,6 @@ else:
             return builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "monotonic")
 
         return types.int64(counter), codegen
-
-    @intrinsic
-    def _prefetch(typingctx, a, offset):
-        """A hint to bring byte `offset` of the array `a` into the caches (llvm.prefetch: read, kept in every level);
-        it never faults, so no bounds check is needed."""
-        if not (isinstance(a, types.Array) and isinstance(offset, types.Integer)):
-            return None
-
-        def codegen(context, builder, signature, args):
-            array = context.make_array(signature.args[0])(context, builder, args[0])
-            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-            at = builder.gep(builder.bitcast(array.data, i8p), [args[1]])
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                                                "llvm.prefetch." + i8p.intrinsic_name)
-            builder.call(fn, [at, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            return context.get_dummy_value()
-
-        return types.void(a, offset), codegen
 
 
 @_inner()
@@ -791,9 +772,11 @@ def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
 #   activations: each row of x, once per matmul, in blocks of 32 values: dx = max|x| / L, qx = rint(x / dx)
 #                (int8 with L = 127, or int16 with L = 32767), and per block cx = -offset * sum(qx)
 #   weights:     each block's integers as unsigned bytes u = q + offset (Q4_0: the nibble itself, offset 8;
-#                Q8_0: q + 128, offset 128), packed like the outer design's panels (the values of 32 rows side
-#                by side): for int8 activations 4 bytes of each row at a time, [k / 4][32 rows][4 x u8]; for
-#                int16 activations 2, [k / 2][32 rows][2 x u8], which the tile widens to int16 as it loads them
+#                Q8_0: q + 128, offset 128), packed once (pack, _pack_panels) like the outer design's panels
+#                (the values of 32 rows side by side): for int8 activations 4 bytes of each row at a time,
+#                [k / 4][32 rows][4 x u8]; for int16 activations 2, [k / 2][32 rows][2 x u8], which the tile
+#                widens to int16 as it loads them, or for Q4_0 [k / 2][16 rows][2 x u8] with rows r and r + 16
+#                in one byte's two nibbles; the blocks' float16 scales [block][32 rows] beside them
 #   product:     sum_i u_i qx_i + cx = sum_i q_i qx_i exactly, in int32 (vpdpbusd: u8 x s8, four products a
 #                lane; vpdpwssd: s16 x s16, two), then y += (dw * dx) * that sum in float32, block by block.
 #
@@ -1063,7 +1046,8 @@ if INT_DOT and _HARDWARE_HALF:
 
 if INT_DOT:
 
-    def _int_tile_codegen(context, builder, signature, args):
+    def _int_tile_codegen(context, builder, signature, args, nibbles=False):
+        """The tile's IR: byte panels, or with `nibbles` (int16 qx) two rows a byte (see _pack_panels)."""
         m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc = args
         qx_a, dx_a, cx_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (1, 2, 3))
         pa = context.make_array(signature.args[5])(context, builder, packed)
@@ -1075,6 +1059,7 @@ if INT_DOT:
         i8p = i8.as_pointer()
         vi, vf = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
         v32_i8, v32_i16 = ir.VectorType(i8, 32), ir.VectorType(ir.IntType(16), 32)
+        low_nibble, four = ir.Constant(v32_i16, [15] * 32), ir.Constant(v32_i16, [4] * 32)
         name = "llvm.x86.avx512.vpdpbusd.512" if width == 1 else "llvm.x86.avx512.vpdpwssd.512"
         dot = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vi, [vi, vi, vi]), name)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vf, [vf, vf, vf]), "llvm.fma.v16f32")
@@ -1109,11 +1094,16 @@ if INT_DOT:
             sums = [[cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * 16)) for _ in range(nv)] for _ in range(mr)]
             with cgutils.for_range(builder, n_blocks) as loop:
                 b = loop.index
-                panel = builder.gep(builder.bitcast(pa.data, i8p), [builder.mul(b, c64(QB * NR))])  # a byte a value
+                block_bytes = QB * NR // 2 if nibbles else QB * NR  # a byte a value, or half a byte
+                panel = builder.gep(builder.bitcast(pa.data, i8p), [builder.mul(b, c64(block_bytes))])
                 acc = [[splat(builder.load(builder.gep(c_rows[a], [b])), vi)] * nv for a in range(mr)]
                 for s in range(QB // per_lane):  # per_lane values of the block a step
                     if width == 1:  # 4 bytes of each of 16 rows
                         wv = [load(panel, 4 * (s * NR + 16 * v), vi) for v in range(nv)]
+                    elif nibbles:  # 2 bytes of each of 16 rows, rows r + 16 in their high nibbles
+                        both = builder.zext(load(panel, 32 * s, v32_i8), v32_i16)
+                        wv = [builder.bitcast(builder.and_(both, low_nibble), vi),
+                              builder.bitcast(builder.lshr(both, four), vi)]
                     else:  # 2 bytes of each of 16 rows, widened to int16 pairs
                         wv = [builder.bitcast(builder.zext(load(panel, 2 * (s * NR + 16 * v), v32_i8), v32_i16), vi)
                               for v in range(nv)]
@@ -1121,8 +1111,10 @@ if INT_DOT:
                         at = builder.gep(q_rows[a], [builder.add(builder.mul(b, c64(QB * width)), c64(4 * s))])
                         xv = splat(builder.load(builder.bitcast(at, i32.as_pointer()), align=1), vi)
                         acc[a] = [builder.call(dot, [acc[a][v], wv[v], xv]) for v in range(nv)]
-                scales_b = builder.gep(sa.data, [builder.mul(b, c64(NR))])  # the block's NR weight scales
-                dw = [builder.load(builder.bitcast(builder.gep(scales_b, [c64(16 * v)]), vf.as_pointer()), align=4) for v in range(nv)]
+                scales_b = builder.gep(sa.data, [builder.mul(b, c64(NR))])  # the block's NR weight scales, float16 bits
+                vh = ir.VectorType(ir.HalfType(), 16)
+                dw = [builder.fpext(builder.load(builder.bitcast(builder.gep(scales_b, [c64(16 * v)]), vh.as_pointer()), align=2), vf)
+                      for v in range(nv)]
                 for a in range(mr):
                     d = splat(builder.load(builder.gep(d_rows[a], [b])), vf)
                     for v in range(nv):
@@ -1139,96 +1131,162 @@ if INT_DOT:
     @intrinsic
     def _int_tile(typingctx, m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc):
         """y[yt + a, yc:yc + NR] = sum over blocks b of (scales[b] * dx[t0 + a, b]) * (packed block b . qx[t0 + a]
-        block b + cx[t0 + a, b]), for a < m <= INT_MR; int8 qx with 4 packed bytes of each row a step, int16 qx
-        with 2 (see _panel_rows, _pair_rows; float32 storage); no bounds checks."""
+        block b + cx[t0 + a, b]), for a < m <= INT_MR: one panel (see _pack_panels), int8 qx with 4 bytes of each
+        row a step, int16 qx with 2; scales float16 bits [block][row]; no bounds checks."""
         if not (isinstance(qx, types.Array) and qx.dtype in (types.int8, types.int16)):
             return None
         return types.void(m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc), _int_tile_codegen
 
+    @intrinsic
+    def _int_tile_nibbles(typingctx, m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc):
+        """_int_tile for int16 qx and a nibble panel: each byte holds the values of rows r (low) and r + 16.
+        (There are no nibble panels for int8 qx; given one, this is _int_tile.)"""
+        if not (isinstance(qx, types.Array) and qx.dtype in (types.int8, types.int16)):
+            return None
+        return types.void(m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc), partial(_int_tile_codegen, nibbles=qx.dtype == types.int16)
+
+
+
+# Packing, once per weight: the model packs each Q8_0 / Q4_0 matrix when it loads (pack), so a matmul's tasks
+# only read panels. Each task used to pack its 32 rows itself, every call: at a query's 18 tokens that was a
+# tenth of the matmuls (all 24 layers' matmuls, 9 alternating runs: 19.2-19.4 ms packing per call against
+# 17.2-17.4 with byte panels packed at load, 2026-12-01). llama.cpp's CPU backend repacks Q4_0 at load the same way.
+# The panels take what the blocks took: Q8_0's bytes q + 128 one a value; Q4_0's nibbles two rows a byte (row r's
+# value in the low nibble, row r + 16's in the high one), which the tile splits with an and and a shift; the
+# scales stay float16. The file's pages of a packed weight are then never read.
+PACK_INT8, PACK_PAIRS, PACK_NIBBLES = 0, 1, 2  # panel layouts: int8 design; int16 design, bytes or nibbles
+
+
+@_inner()
+def _nibble_pairs(pairs, panel):
+    """A byte panel of the int16 design ([2-byte step][NR rows][2]) -> its nibble panel ([step][16 rows][2]):
+    the bytes of rows r and r + 16 in one, r's in the low nibble (values 0..15 of Q4_0 blocks fit)."""
+    for s in range(pairs.size // (2 * NR)):
+        low, high = pairs[2 * NR * s:2 * NR * s + NR], pairs[2 * NR * s + NR:2 * NR * (s + 1)]
+        out = panel[NR * s:NR * (s + 1)]
+        for i in range(NR):
+            out[i] = low[i] | (high[i] << np.uint8(4))
+
+
+@_jit(types.void(types.int64, u8_rows, types.int32, types.int64, types.uint8[:, ::1], f32_rows), parallel=True)
+def _pack_panels(qtype, w, offset, layout, panels, scales):
+    """Every NR rows of W as one panel of `layout` (rows past the end zero) and their block scales [block][row]."""
+    k = scales.shape[1] // NR * QB
+    for p in prange(panels.shape[0]):
+        integers = np.zeros((NR, k), np.uint8)  # scratch rows
+        r0 = p * NR
+        nr = min(NR, w.shape[0] - r0)
+        if layout == PACK_INT8:
+            _panel_rows(qtype, w, r0, nr, offset, integers, panels[p].view(np.float32), scales[p])
+        elif layout == PACK_PAIRS:
+            _pair_panel(qtype, w, r0, nr, offset, integers, panels[p], scales[p])
+        else:
+            pairs = np.empty(k * NR, np.uint8)
+            _pair_panel(qtype, w, r0, nr, offset, integers, pairs, scales[p])
+            _nibble_pairs(pairs, panels[p])
+
+
+class PackedWeight:
+    """A Q8_0 or Q4_0 weight packed for the integer design (see pack): `panels` uint8 (panels, bytes), one per NR
+    rows; `scales` float16 bits (panels, blocks * NR)."""
+
+    __slots__ = ("qtype", "bits", "rows", "k", "layout", "panels", "scales")
+
+    def __init__(self, qtype, bits, rows, k, layout, panels, scales):
+        self.qtype, self.bits, self.rows, self.k, self.layout = qtype, bits, rows, k, layout
+        self.panels, self.scales = panels, scales
+
+    @property
+    def nbytes(self) -> int:
+        return self.panels.nbytes + self.scales.nbytes
+
+    def __repr__(self) -> str:
+        return f"PackedWeight({block_format(self.qtype)[0]}, ({self.rows}, {self.k}), int{self.bits} activations)"
+
+
+def _aligned(shape, dtype, alignment=64) -> np.ndarray:
+    """np.empty(shape, dtype) starting on a cache line: numpy's large arrays start 16 bytes past a page, and
+    the tile's 32-byte loads from a panel then split across two cache lines one time in two (2026-12-01, q8_0:
+    bench/kernels ~10 % slower than panels packed into Numba's aligned scratch)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _pack_int(w, qtype, bits) -> PackedWeight:
+    if int(qtype) not in INT_OFFSET:
+        raise ValueError(f"the integer matmul takes Q8_0 and Q4_0 weights, not {block_format(qtype)[0]}")
+    w, rows, k = weight_bytes(w, qtype)
+    qtype = int(qtype)
+    layout = PACK_INT8 if bits == 8 else PACK_NIBBLES if qtype == Q4_0 else PACK_PAIRS
+    n_panels = -(-rows // NR)
+    panels = _aligned((n_panels, k * NR // 2 if layout == PACK_NIBBLES else k * NR), np.uint8)
+    scales = np.empty((n_panels, k // QB * NR), np.float32)
+    if n_panels:
+        _compiled(_pack_panels)(qtype, _read_only(w), np.int32(INT_OFFSET[qtype]), layout, panels, scales)
+    half = _aligned(scales.shape, np.uint16)
+    half[:] = scales.astype(np.float16).view(np.uint16)  # exact: they were float16
+    return PackedWeight(qtype, bits, rows, k, layout, panels, half)
 
 
 SHARED = 3  # weights one integer call multiplies the same activations by (q, k and v); fewer: padded with empty ones
-_u8_weights = types.UniTuple(u8_rows, SHARED)
+_u8_panels = types.UniTuple(types.uint8[:, ::1], SHARED)
+_u16_scales = types.UniTuple(types.uint16[:, ::1], SHARED)
 _f32_outputs = types.UniTuple(f32_rows, SHARED)
 
+
 @_inner()
-def _task_rows(task_starts, task, group):
-    """Integer-design task `task` -> (j, first): it multiplies weight j's `group` panels of NR rows from row first."""
+def _task_panels(task_starts, task, group):
+    """Integer-design task `task` -> (j, p0): it multiplies weight j's `group` panels from panel p0 on."""
     j = 0
     while task >= task_starts[j + 1]:
         j += 1
-    return j, (task - task_starts[j]) * group * NR
-
-
-@_inner()
-def _prefetch_task(ws, task_starts, task, group):
-    """Prefetch the weight rows of integer-design task `task` (see _int_worker), a cache line at a time."""
-    j, first = _task_rows(task_starts, task, group)
-    w = ws[j]
-    last = min(w.shape[0], first + group * NR)
-    row_bytes = w.shape[1]
-    for offset in range(first * row_bytes, last * row_bytes, 64):
-        _prefetch(w, offset)
+    return j, (task - task_starts[j]) * group
 
 
 if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
 
-    @_jit({bits: types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, i64_counter,
-                      types.int64) for bits, q in _int_rows_ro.items()})
-    def _int_worker(qtype, qx, dx, cx, offset, ws, ys, task_starts, counter, group):
+    @_jit({bits: types.void(q, f32_rows_ro, i32_rows_ro, _u8_panels, _u16_scales, _f32_outputs, i64_vec, i64_counter,
+                            types.int64, types.boolean) for bits, q in _int_rows_ro.items()})
+    def _int_worker(qx, dx, cx, panels, scales, ys, task_starts, counter, group, nibbles):
         """Claim tasks until none are left; tasks task_starts[j] .. task_starts[j + 1] are weight j's, `group`
-        panels of NR rows each: their blocks as bytes q + offset, packed 4 (int8 qx) or 2 (int16 qx) of each row
-        at a time, and their scales [block][NR]; then every token times them, INT_MR tokens a tile, into ys[j]."""
-        n, k = qx.shape
+        panels each (see _pack_panels); every token times them, INT_MR tokens a tile, into ys[j]."""
+        n = qx.shape[0]
         n_blocks = dx.shape[1]
-        integers = np.zeros((NR, k), np.uint8)  # scratch rows for the panels
-        packed = np.empty((group, k // 4 * NR), np.float32)  # a byte a value, in float32 storage
-        scales = np.zeros((group, n_blocks * NR), np.float32)
         spill = np.empty((INT_MR, NR), np.float32)
         end = task_starts[SHARED]
         while True:
             task = _claim(counter)
             if task >= end:
                 break
-            # Prefetch the weight bytes of the next two tasks to be claimed (by either thread) while this one
-            # computes: at a query's few tokens a task is short, and its weights (each read once a query, 57 MiB at
-            # q4_0) come from memory. A hint only: the counter is read without claiming. Measured (2026-12-01,
-            # q4_0, 18 tokens, the matmuls of all 24 layers, 9 alternating runs each): 27.3 ms without, 24.6 with;
-            # 100 reference texts and 16 long documents: same. Its price shows where the weights are already in
-            # cache (measured again 2026-12-01 on a 2-core Xeon with a 480 MiB L3, 4 runs each): one layer's
-            # matmuls 24 times 12.5-14.3 ms without against 13.6-15.4 with; all 24 layers, as a query runs them,
-            # 16.8-18.3 without against 14.9-17.3 with. Prefetching each task once (task + 1, 2 or 3, whoever
-            # claims it) or into L2 only (locality 2) measured the same as this, within the runs' spread.
-            ahead = counter[0]
-            for later in range(ahead, min(ahead + 2, end)):
-                _prefetch_task(ws, task_starts, later, group)
-            j, first = _task_rows(task_starts, task, group)
-            w, y = ws[j], ys[j]
-            rows = w.shape[0]
-            panels = min(group, (rows - first + NR - 1) // NR)
-            for p in range(panels):
-                r0 = first + p * NR
-                if qx.itemsize == 2:
-                    _pair_panel(qtype, w, r0, min(NR, rows - r0), offset, integers, packed[p], scales[p])
-                else:
-                    _panel_rows(qtype, w, r0, min(NR, rows - r0), offset, integers, packed[p], scales[p])
+            # No software prefetch: the tasks' panels lie in order, and the hardware's prefetchers follow. When
+            # each task packed its rows from the blocks, prefetching the next two tasks' rows gained 2-3 ms a
+            # query; over packed panels it cost 1-2 ms (2026-12-01, q4_0, 18 tokens, all 24 layers' matmuls, 3
+            # alternating runs: 14.0-15.0 ms with, 12.7-13.0 without).
+            j, p0 = _task_panels(task_starts, task, group)
+            y = ys[j]
+            rows = y.shape[1]
+            p1 = min(panels[j].shape[0], p0 + group)
             for t in range(0, n, INT_MR):
                 m = min(INT_MR, n - t)
-                for p in range(panels):
-                    r0 = first + p * NR
+                for p in range(p0, p1):
+                    r0 = p * NR
                     nr = min(NR, rows - r0)
-                    if nr == NR:
-                        _int_tile(m, qx, dx, cx, t, packed[p], scales[p], n_blocks, y, t, r0)
+                    out, ot, oc = (y, t, r0) if nr == NR else (spill, 0, 0)
+                    if nibbles:
+                        _int_tile_nibbles(m, qx, dx, cx, t, panels[j][p], scales[j][p], n_blocks, out, ot, oc)
                     else:
-                        _int_tile(m, qx, dx, cx, t, packed[p], scales[p], n_blocks, spill, 0, 0)
+                        _int_tile(m, qx, dx, cx, t, panels[j][p], scales[j][p], n_blocks, out, ot, oc)
+                    if nr < NR:
                         y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
 
-    @_jit({bits: types.void(types.int64, q, f32_rows_ro, i32_rows_ro, types.int32, _u8_weights, _f32_outputs, i64_vec, types.int64,
-                      types.int64) for bits, q in _int_rows_ro.items()}, parallel=True, calls=(_int_worker,))
-    def _int_parallel(qtype, qx, dx, cx, offset, ws, ys, task_starts, group, n_workers):
+    @_jit({bits: types.void(q, f32_rows_ro, i32_rows_ro, _u8_panels, _u16_scales, _f32_outputs, i64_vec, types.int64,
+                            types.boolean, types.int64) for bits, q in _int_rows_ro.items()}, parallel=True, calls=(_int_worker,))
+    def _int_parallel(qx, dx, cx, panels, scales, ys, task_starts, group, nibbles, n_workers):
         counter = np.zeros(1, np.int64)
         for _ in prange(n_workers):
-            _int_worker(qtype, qx, dx, cx, offset, ws, ys, task_starts, counter, group)
+            _int_worker(qx, dx, cx, panels, scales, ys, task_starts, counter, group, nibbles)
 
 
 QUANTIZE_ROWS = 64  # rows of x a parallel activation-quantizing task takes
@@ -1258,46 +1316,54 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return view
 
 
-_NO_WEIGHTS: dict[int, np.ndarray] = {}  # row bytes -> an empty read-only weight, the padding of a shared call
+_NO_PANELS: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # panel bytes -> empty panels and scales: the padding
 
 
 def matmul_int_shared(x, weights, qtype, bits=16) -> list[np.ndarray]:
     """Design "int": activations quantized once to int8 or int16 blocks, then integer dot products against the
-    weight blocks as they lie (AVX-512 VNNI), tasks of NR rows as in the outer design. Q8_0 and Q4_0 only.
-    Up to SHARED weights of one type share the quantized x and one parallel launch: [x @ W.T for W in weights]."""
+    weight blocks' integers (AVX-512 VNNI), a task multiplying every token by up to 4 panels of NR rows. Q8_0
+    and Q4_0 only; weights packed by pack (a stored weight is packed first, each call). Up to SHARED weights of
+    one type share the quantized x and one parallel launch: [x @ W.T for W in weights]."""
     if not INT_DOT:
         raise NotImplementedError("the integer matmul needs a CPU with AVX-512 VNNI (and Numba compiling)")
     if int(qtype) not in INT_OFFSET:
         raise ValueError(f"the integer matmul takes Q8_0 and Q4_0 weights, not {block_format(qtype)[0]}")
     if not 1 <= len(weights) <= SHARED:
         raise ValueError(f"the integer matmul takes 1 to {SHARED} weights at once, not {len(weights)}")
-    shaped = [weight_bytes(w, qtype) for w in weights]
-    k = shaped[0][2]
-    if any(wk != k for _, _, wk in shaped):
-        raise ValueError(f"weights sharing activations need rows of one length; got {[wk for _, _, wk in shaped]} values")
+    packed = [w if isinstance(w, PackedWeight) else _pack_int(w, qtype, bits) for w in weights]
+    for w in packed:
+        if (w.qtype, w.bits) != (int(qtype), bits):
+            raise ValueError(f"a weight packed as {block_format(w.qtype)[0]} for int{w.bits} activations, "
+                             f"multiplied as {block_format(qtype)[0]} with int{bits}")
+    k = packed[0].k
+    if any(w.k != k for w in packed):
+        raise ValueError(f"weights sharing activations need rows of one length; got {[w.k for w in packed]} values")
     x = activations(x, k, block_format(qtype)[0])
     n = x.shape[0]
-    ys = [np.empty((n, rows), np.float32) for _, rows, _ in shaped]
-    n_panels = sum(-(-rows // NR) for _, rows, _ in shaped)
+    ys = [np.empty((n, w.rows), np.float32) for w in packed]
+    n_panels = sum(w.panels.shape[0] for w in packed)
     if n == 0 or n_panels == 0:
         return ys
-    offset = INT_OFFSET[int(qtype)]
-    qx, dx, cx = quantize_activations(x, bits, offset)
+    qx, dx, cx = quantize_activations(x, bits, INT_OFFSET[int(qtype)])
     threads = _threads(n_panels)
     group = max(1, min(4, n_panels // (4 * threads)))  # up to 4 panels a task, while leaving 4 tasks a thread
-    row_bytes = shaped[0][0].shape[1]
-    if row_bytes not in _NO_WEIGHTS:
-        _NO_WEIGHTS[row_bytes] = _read_only(np.empty((0, row_bytes), np.uint8))
-    ws = tuple(_read_only(w) for w, _, _ in shaped) + (_NO_WEIGHTS[row_bytes],) * (SHARED - len(shaped))
-    outputs = tuple(ys) + (np.empty((n, 0), np.float32),) * (SHARED - len(shaped))
+    padding = SHARED - len(packed)
+    panel_bytes = packed[0].panels.shape[1]
+    if panel_bytes not in _NO_PANELS:
+        _NO_PANELS[panel_bytes] = np.empty((0, panel_bytes), np.uint8), np.empty((0, k // QB * NR), np.uint16)
+    none_panels, none_scales = _NO_PANELS[panel_bytes]
+    panels = tuple(w.panels for w in packed) + (none_panels,) * padding
+    scales = tuple(w.scales for w in packed) + (none_scales,) * padding
+    outputs = tuple(ys) + (np.empty((n, 0), np.float32),) * padding
     starts = [0]  # in plain ints: np.cumsum alone took 5 us, a tenth of a small matmul
-    for w in ws:
-        starts.append(starts[-1] - (-w.shape[0] // (group * NR)))
+    for p in panels:
+        starts.append(starts[-1] - (-p.shape[0] // group))
     task_starts = np.array(starts, np.int64)
+    nibbles = packed[0].layout == PACK_NIBBLES
     if threads > 1:
-        _compiled(_int_parallel, bits)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, group, threads)
+        _compiled(_int_parallel, bits)(qx, dx, cx, panels, scales, outputs, task_starts, group, nibbles, threads)
     else:
-        _compiled(_int_worker, bits)(int(qtype), qx, dx, cx, np.int32(offset), ws, outputs, task_starts, np.zeros(1, np.int64), group)
+        _compiled(_int_worker, bits)(qx, dx, cx, panels, scales, outputs, task_starts, np.zeros(1, np.int64), group, nibbles)
     return ys
 
 
@@ -1400,11 +1466,14 @@ INT_BITS = 16  # the integer design's activations: int16 (int8 fails the accurac
 
 
 def matmul(x, w, qtype) -> np.ndarray:
-    """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows)."""
+    """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes), or what pack made of
+    it: float32 (n, rows)."""
     n = np.shape(x)[0] if np.ndim(x) == 2 else 0
     # The integer design at every n: each row's result then depends on that row alone, so a text's
     # embedding does not change with what it is batched with (the dot design below 40 tokens would
     # differ from it by the activation rounding, ~1e-5). At n=18 the two run alike (the numbers above).
+    if isinstance(w, PackedWeight):
+        return matmul_int(x, w, qtype, w.bits)
     if int(qtype) in INT_TYPES:
         return matmul_int(x, w, qtype, INT_BITS)
     if n < OUTER_MIN_N:
@@ -1427,6 +1496,15 @@ def matmuls(x, weights) -> list[np.ndarray]:
     if len(types_) == 1 and types_ <= INT_TYPES and 1 <= len(weights) <= SHARED:
         return matmul_int_shared(x, [w for w, _ in weights], types_.pop(), INT_BITS)
     return [matmul(x, w, qtype) for w, qtype in weights]
+
+
+def pack(w, qtype):
+    """W as matmul reads it fastest, for callers that multiply by it again and again (a model, at load): Q8_0
+    and Q4_0 weights where the integer design runs packed into its panels (a PackedWeight, the size of the
+    blocks; see _pack_panels), any other weight as it is."""
+    if int(qtype) in INT_TYPES:
+        return _pack_int(w, qtype, INT_BITS)
+    return w
 
 
 # ---------------------------------------------------------------------------------------------------------------

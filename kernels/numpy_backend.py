@@ -98,6 +98,11 @@ def matmuls(x, weights) -> list[np.ndarray]:
     return [matmul(x, w, qtype) for w, qtype in weights]
 
 
+def pack(w, qtype):
+    """W as matmul reads it fastest: here the stored blocks themselves (the numba backend repacks some)."""
+    return w
+
+
 # --- the elementwise and attention kernels -----------------------------------------------------------------------
 # In place where numpy allows, so a large batch makes two or three passes over memory instead of eight.
 

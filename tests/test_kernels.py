@@ -247,6 +247,39 @@ def test_int_matmul_takes_only_its_types():
         numba_backend.matmul_int(np.ones((2, 64), np.float32), weights(3, 64).astype(np.float16), T.F16)
 
 
+@needs_int
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,k", INT_SHAPES)
+def test_pack_takes_the_blocks_bytes(qtype, rows, k):
+    """A packed weight holds what its blocks held, in panels of NR rows (Q4_0: two rows' nibbles a byte, the
+    scales float16): no float32, and no more memory than the stored rows, padded to whole panels."""
+    raw = stored(weights(rows, k, seed=14), qtype)
+    packed = numba_backend.pack(raw, qtype)
+    assert isinstance(packed, numba_backend.PackedWeight) and (packed.rows, packed.k) == (rows, k)
+    assert packed.panels.dtype == np.uint8 and packed.scales.dtype == np.uint16
+    assert packed.nbytes == -(-rows // numba_backend.NR) * numba_backend.NR * raw.shape[1]
+
+
+@needs_int
+def test_packed_weights_multiply_only_as_packed():
+    raw = stored(weights(70, 768, seed=15), T.Q8_0)
+    x = np.ones((3, 768), np.float32)
+    with pytest.raises(ValueError, match="packed as Q8_0 for int16 activations, multiplied as Q8_0 with int8"):
+        numba_backend.matmul_int8(x, numba_backend.pack(raw, T.Q8_0), T.Q8_0)
+    with pytest.raises(ValueError, match="packed as Q8_0 for int16 activations, multiplied as Q4_0"):
+        numba_backend.matmul(x, numba_backend.pack(raw, T.Q8_0), T.Q4_0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pack_leaves_what_its_matmul_reads_as_stored(backend):
+    """numpy reads every weight as stored, and numba the types without an integer design here."""
+    raw = stored(weights(70, 768, seed=16), T.F16)
+    assert backend.pack(raw, T.F16) is raw
+    if backend is numpy_backend:
+        q = stored(weights(70, 768, seed=16), T.Q4_0)
+        assert backend.pack(q, T.Q4_0) is q
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matmuls_equal_one_matmul_each(backend):
     """Weights sharing activations (q, k, v; gate, up) give each weight's own product, bit for bit, whether the
@@ -259,6 +292,8 @@ def test_matmuls_equal_one_matmul_each(backend):
         assert len(got) == len(ws)
         for y, (w, qt) in zip(got, ws):
             np.testing.assert_array_equal(y, backend.matmul(x, w, qt))
+        for y, z in zip(got, backend.matmuls(x, [(backend.pack(w, qt), qt) for w, qt in ws])):  # as a model calls it
+            np.testing.assert_array_equal(y, z)
 
 
 @needs_int
