@@ -1190,11 +1190,12 @@ class PackedWeight:
     """A Q8_0 or Q4_0 weight packed for the integer design (see pack): `panels` uint8 (panels, bytes), one per NR
     rows; `scales` float16 bits (panels, blocks * NR)."""
 
-    __slots__ = ("qtype", "bits", "rows", "k", "layout", "panels", "scales")
+    __slots__ = ("qtype", "bits", "rows", "k", "layout", "panels", "scales", "launches")
 
     def __init__(self, qtype, bits, rows, k, layout, panels, scales):
         self.qtype, self.bits, self.rows, self.k, self.layout = qtype, bits, rows, k, layout
         self.panels, self.scales = panels, scales
+        self.launches: dict = {}  # the calls it leads (see _launch_plan)
 
     @property
     def nbytes(self) -> int:
@@ -1316,7 +1317,42 @@ def _read_only(a: np.ndarray) -> np.ndarray:
     return view
 
 
-_NO_PANELS: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # panel bytes -> empty panels and scales: the padding
+class _Launch:
+    """What a call of the integer design over one group of packed weights passes its kernel besides x: the
+    same every call, so built once (~8 us of Python a call, 96 calls a query)."""
+
+    __slots__ = ("others", "k", "rows", "n_panels", "panels", "scales", "task_starts", "group", "nibbles", "threads")
+
+
+def _launch_plan(packed, qtype, bits, threads) -> _Launch:
+    """The launch over `packed` (1 to SHARED weights), kept by the first weight: the plan holds the others, so
+    the ids in its key stay theirs for as long as it exists."""
+    key = (tuple(id(w) for w in packed[1:]), qtype, bits, threads)
+    plan = packed[0].launches.get(key)
+    if plan is not None:
+        return plan
+    for w in packed:
+        if (w.qtype, w.bits) != (qtype, bits):
+            raise ValueError(f"a weight packed as {block_format(w.qtype)[0]} for int{w.bits} activations, "
+                             f"multiplied as {block_format(qtype)[0]} with int{bits}")
+    k = packed[0].k
+    if any(w.k != k for w in packed):
+        raise ValueError(f"weights sharing activations need rows of one length; got {[w.k for w in packed]} values")
+    plan = _Launch()
+    plan.others, plan.k, plan.rows = packed[1:], k, [w.rows for w in packed]
+    plan.n_panels = sum(w.panels.shape[0] for w in packed)
+    plan.threads = max(1, min(threads, plan.n_panels))
+    plan.group = max(1, min(4, plan.n_panels // (4 * plan.threads)))  # up to 4 panels a task, leaving 4 tasks a thread
+    padding = SHARED - len(packed)
+    plan.panels = tuple(w.panels for w in packed) + (np.empty((0, packed[0].panels.shape[1]), np.uint8),) * padding
+    plan.scales = tuple(w.scales for w in packed) + (np.empty((0, packed[0].scales.shape[1]), np.uint16),) * padding
+    starts = [0]
+    for p in plan.panels:
+        starts.append(starts[-1] - (-p.shape[0] // plan.group))
+    plan.task_starts = np.array(starts, np.int64)
+    plan.nibbles = packed[0].layout == PACK_NIBBLES
+    packed[0].launches[key] = plan
+    return plan
 
 
 def matmul_int_shared(x, weights, qtype, bits=16) -> list[np.ndarray]:
@@ -1331,39 +1367,20 @@ def matmul_int_shared(x, weights, qtype, bits=16) -> list[np.ndarray]:
     if not 1 <= len(weights) <= SHARED:
         raise ValueError(f"the integer matmul takes 1 to {SHARED} weights at once, not {len(weights)}")
     packed = [w if isinstance(w, PackedWeight) else _pack_int(w, qtype, bits) for w in weights]
-    for w in packed:
-        if (w.qtype, w.bits) != (int(qtype), bits):
-            raise ValueError(f"a weight packed as {block_format(w.qtype)[0]} for int{w.bits} activations, "
-                             f"multiplied as {block_format(qtype)[0]} with int{bits}")
-    k = packed[0].k
-    if any(w.k != k for w in packed):
-        raise ValueError(f"weights sharing activations need rows of one length; got {[w.k for w in packed]} values")
-    x = activations(x, k, block_format(qtype)[0])
+    plan = _launch_plan(packed, int(qtype), bits, numba.get_num_threads())
+    x = activations(x, plan.k, block_format(qtype)[0])
     n = x.shape[0]
-    ys = [np.empty((n, w.rows), np.float32) for w in packed]
-    n_panels = sum(w.panels.shape[0] for w in packed)
-    if n == 0 or n_panels == 0:
+    ys = [np.empty((n, rows), np.float32) for rows in plan.rows]
+    if n == 0 or plan.n_panels == 0:
         return ys
     qx, dx, cx = quantize_activations(x, bits, INT_OFFSET[int(qtype)])
-    threads = _threads(n_panels)
-    group = max(1, min(4, n_panels // (4 * threads)))  # up to 4 panels a task, while leaving 4 tasks a thread
-    padding = SHARED - len(packed)
-    panel_bytes = packed[0].panels.shape[1]
-    if panel_bytes not in _NO_PANELS:
-        _NO_PANELS[panel_bytes] = np.empty((0, panel_bytes), np.uint8), np.empty((0, k // QB * NR), np.uint16)
-    none_panels, none_scales = _NO_PANELS[panel_bytes]
-    panels = tuple(w.panels for w in packed) + (none_panels,) * padding
-    scales = tuple(w.scales for w in packed) + (none_scales,) * padding
-    outputs = tuple(ys) + (np.empty((n, 0), np.float32),) * padding
-    starts = [0]  # in plain ints: np.cumsum alone took 5 us, a tenth of a small matmul
-    for p in panels:
-        starts.append(starts[-1] - (-p.shape[0] // group))
-    task_starts = np.array(starts, np.int64)
-    nibbles = packed[0].layout == PACK_NIBBLES
-    if threads > 1:
-        _compiled(_int_parallel, bits)(qx, dx, cx, panels, scales, outputs, task_starts, group, nibbles, threads)
+    outputs = tuple(ys) + (np.empty((n, 0), np.float32),) * (SHARED - len(ys))
+    if plan.threads > 1:
+        _compiled(_int_parallel, bits)(qx, dx, cx, plan.panels, plan.scales, outputs, plan.task_starts, plan.group,
+                                       plan.nibbles, plan.threads)
     else:
-        _compiled(_int_worker, bits)(qx, dx, cx, panels, scales, outputs, task_starts, np.zeros(1, np.int64), group, nibbles)
+        _compiled(_int_worker, bits)(qx, dx, cx, plan.panels, plan.scales, outputs, plan.task_starts,
+                                     np.zeros(1, np.int64), plan.group, plan.nibbles)
     return ys
 
 
