@@ -5,6 +5,7 @@ Numba kernels then run as plain Python.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -537,6 +538,7 @@ CACHE_PROBE = """
         nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)
         nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype)
         nb.dequantize_rows(w, qtype, [1])
+        nb.matmul(np.ones((2, 64), np.float32), nb.pack(w, qtype), qtype)  # the integer design, packed, where it runs
     x = np.ones((40, 2, 64), np.float32)
     nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x), nb.rope(x, x[:, 0, :32], x[:, 0, :32])
     nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
@@ -551,6 +553,28 @@ CACHE_PROBE = """
         misses += sum(kernel.stats.cache_misses.values())
     print(hits, misses, nb._cache_ok)
 """
+
+
+SCIPY_PROBE = """
+    import sys, numpy as np, gguf, numba, kernels
+    w = gguf.quants.quantize(np.ones((3, 64), np.float32), 2)
+    kernels.matmul(np.ones((2, 64), np.float32), kernels.pack(w, 2), 2)
+    print("scipy.linalg.cython_blas" in sys.modules)
+    @numba.njit
+    def dot(a):
+        return np.dot(a, a)
+    print(dot(np.ones(3)), "scipy.linalg.cython_blas" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(numba_backend is None or NO_JIT or importlib.util.find_spec("scipy") is None,
+                    reason="needs Numba compiling and scipy installed")
+def test_kernels_load_numba_without_scipy_blas():
+    """Numba would import scipy's BLAS (17 MiB) as it loads its target, for calls no kernel makes: the kernels
+    keep it out, and np.dot in other compiled code still finds it."""
+    done = run_python(SCIPY_PROBE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "3.0", "True"]
 
 
 @pytest.mark.skipif(numba_backend is None or NO_JIT, reason="needs Numba compiling")
