@@ -22,7 +22,7 @@ Trace = Callable[[str, np.ndarray], None]  # receives named intermediates, for l
 
 
 def linear(x: np.ndarray, weight: Weight) -> np.ndarray:
-    """x @ W.T, with W read block by block where it lies in the file."""
+    """x @ W.T, with W's blocks as the kernels packed them at load (or where they lie in the file)."""
     return kernels.matmul(x, weight.packed, weight.qtype)
 
 
