@@ -831,7 +831,8 @@ def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
 INT_DOT = _WIDE and _host_has("avx512vnni") and _host_has("avx512bw") and not numba.config.DISABLE_JIT
 QB = 32  # values per block, of the weights and of the quantized activations
 INT_MR = 6  # tokens per integer micro-tile: 12 int32 block sums + 12 float sums + 2 weight vectors in 32 zmm
-INT_OFFSET = {Q8_0: 128, Q4_0: 8}  # the panels' bytes u = q + offset: unsigned
+Q8_0_OFFSET, Q4_0_OFFSET = 128, 8  # the panels' bytes u = q + offset: unsigned (Q4_0's nibbles as stored)
+INT_OFFSET = {Q8_0: Q8_0_OFFSET, Q4_0: Q4_0_OFFSET}
 LEVELS = {8: 127.0, 16: 32767.0}  # activation bits -> largest |qx|
 
 i8_rows = types.int8[:, ::1]
@@ -876,8 +877,8 @@ def _quantize_parallel(x, levels, offset, qx, dx, cx, rows_per_task):
 
 
 @_inner()
-def _block_integers(qtype, src, offset, dst, scales, stride):
-    """One stored Q8_0 / Q4_0 row as bytes q + offset in 0..255 (dst: k values) and its block scales
+def _block_integers(qtype, src, dst, scales, stride):
+    """One stored Q8_0 / Q4_0 row as bytes q + INT_OFFSET in 0..255 (dst: k values) and its block scales
     (scales[b * stride], float32)."""
     halves = src.view(np.uint16)
     if qtype == Q8_0:
@@ -888,7 +889,7 @@ def _block_integers(qtype, src, offset, dst, scales, stride):
             scales[b * stride] = _half(halves[17 * b])
             qb, ub = signed[34 * b + 2:34 * b + 2 + block], dst[block * b:block * (b + 1)]
             for i in range(block):
-                ub[i] = np.int32(qb[i]) + offset
+                ub[i] = np.int32(qb[i]) + Q8_0_OFFSET
     else:
         n_blocks = src.size // 18
         half = dst.size // n_blocks // 2 if n_blocks else QB // 2
@@ -897,45 +898,45 @@ def _block_integers(qtype, src, offset, dst, scales, stride):
             qb = src[18 * b + 2:18 * b + 2 + half]
             lo, hi = dst[2 * half * b:2 * half * b + half], dst[2 * half * b + half:2 * half * (b + 1)]
             for j in range(half):
-                lo[j] = np.int32(qb[j] & np.uint8(15)) + (offset - 8)
-                hi[j] = np.int32(qb[j] >> np.uint8(4)) + (offset - 8)
+                lo[j] = np.int32(qb[j] & np.uint8(15)) + (Q4_0_OFFSET - 8)
+                hi[j] = np.int32(qb[j] >> np.uint8(4)) + (Q4_0_OFFSET - 8)
 
 
 @_inner()
-def _scratch_rows(qtype, w, r0, nr, offset, integers, scales):
-    """Rows r0 .. r0 + nr of W as bytes q + offset in integers (NR, k), their block scales in scales [block][row];
+def _scratch_rows(qtype, w, r0, nr, integers, scales):
+    """Rows r0 .. r0 + nr of W as bytes q + INT_OFFSET in integers (NR, k), their block scales in scales [block][row];
     the rest of the NR rows zero."""
     for j in range(nr):
-        _block_integers(qtype, w[r0 + j], offset, integers[j], scales[j:], NR)
+        _block_integers(qtype, w[r0 + j], integers[j], scales[j:], NR)
     integers[nr:] = 0
     for j in range(nr, NR):
         scales[j::NR] = np.float32(0.0)
 
 
 @_inner()
-def _panel_rows(qtype, w, r0, nr, offset, integers, packed, scales):
+def _panel_rows(qtype, w, r0, nr, integers, packed, scales):
     """The int8 design's panel of rows r0 .. r0 + nr of W (the rest of NR zero): `packed` holds their bytes
-    q + offset, 4 of each row side by side ([block][4-byte step][row]), `scales` their block scales
+    q + INT_OFFSET, 4 of each row side by side ([block][4-byte step][row]), `scales` their block scales
     [block][row]. Through the scratch rows `integers` (NR, k), then _pack."""
-    _scratch_rows(qtype, w, r0, nr, offset, integers, scales)
+    _scratch_rows(qtype, w, r0, nr, integers, scales)
     _pack(integers.view(np.float32), packed)  # moves them 4 bytes at a time
 
 
 @_inner()
-def _pair_rows(qtype, w, r0, nr, offset, integers, packed, scales):
+def _pair_rows(qtype, w, r0, nr, integers, packed, scales):
     """The int16 design's panel, as _panel_rows but 2 bytes of each row side by side ([block][2-byte step][row]):
     the tile widens each byte to an int16 and multiplies the pair with 2 int16 activations (vpdpwssd). For
     panels of fewer than NR rows; a whole one comes from _panel_codegen."""
-    _scratch_rows(qtype, w, r0, nr, offset, integers, scales)
+    _scratch_rows(qtype, w, r0, nr, integers, scales)
     pairs, steps = integers.view(np.uint16), packed.view(np.uint16)
     for i in range(pairs.shape[1]):
         for j in range(NR):
             steps[i * NR + j] = pairs[j, i]
 
 
-def _pair_panel(qtype, w, r0, nr, offset, integers, packed, scales):
-    """_pair_rows, or for a whole panel of Q8_0 / Q4_0 at INT_OFFSET the same bytes from _panel_codegen."""
-    _pair_rows(qtype, w, r0, nr, offset, integers, packed, scales)
+def _pair_panel(qtype, w, r0, nr, integers, packed, scales):
+    """_pair_rows, or for a whole panel of Q8_0 / Q4_0 the same bytes from _panel_codegen."""
+    _pair_rows(qtype, w, r0, nr, integers, packed, scales)
 
 
 # A whole int16-design panel straight from the blocks, 16 rows at a time: each row's block of q is 8 (Q4_0)
@@ -976,7 +977,7 @@ def _panel_codegen(block_bytes: int):
         zip_low = mask(8 * L + j // 2 + (j % 2) * n for L in range(n // 8) for j in range(8))
         zip_high = mask(8 * L + 4 + j // 2 + (j % 2) * n for L in range(n // 8) for j in range(8))
         v8 = ir.VectorType(i8, 32)
-        low_bits, four, high_bit = (ir.Constant(v8, [c] * 32) for c in (15, 4, 128))
+        low_bits, four, high_bit = (ir.Constant(v8, [c] * 32) for c in (15, 4, Q8_0_OFFSET))  # q + 128 = q ^ 128
         stride = builder.extract_value(wa.strides, 0)
         rows = [builder.gep(wa.data, [builder.mul(builder.add(r0, c64(a)), stride)]) for a in range(NR)]
         n_blocks = builder.udiv(builder.extract_value(wa.shape, 1), c64(block_bytes))
@@ -1032,10 +1033,10 @@ if INT_DOT and _HARDWARE_HALF:
         return types.void(w, r0, packed, scales), _panel_codegen(18)
 
     @overload(_pair_panel, jit_options={"nogil": True, "error_model": "numpy"})
-    def _pair_panel_ir(qtype, w, r0, nr, offset, integers, packed, scales):
-        def impl(qtype, w, r0, nr, offset, integers, packed, scales):
-            if nr < NR or offset != (128 if qtype == Q8_0 else 8):  # the codegen writes INT_OFFSET's bytes
-                _pair_rows(qtype, w, r0, nr, offset, integers, packed, scales)
+    def _pair_panel_ir(qtype, w, r0, nr, integers, packed, scales):
+        def impl(qtype, w, r0, nr, integers, packed, scales):
+            if nr < NR:
+                _pair_rows(qtype, w, r0, nr, integers, packed, scales)
             elif qtype == Q8_0:
                 _q8_0_panel(w, r0, packed, scales)
             else:
@@ -1168,8 +1169,8 @@ def _nibble_pairs(pairs, panel):
             out[i] = low[i] | (high[i] << np.uint8(4))
 
 
-@_jit(types.void(types.int64, u8_rows, types.int32, types.int64, types.uint8[:, ::1], f32_rows), parallel=True)
-def _pack_panels(qtype, w, offset, layout, panels, scales):
+@_jit(types.void(types.int64, u8_rows, types.int64, types.uint8[:, ::1], f32_rows), parallel=True)
+def _pack_panels(qtype, w, layout, panels, scales):
     """Every NR rows of W as one panel of `layout` (rows past the end zero) and their block scales [block][row]."""
     k = scales.shape[1] // NR * QB
     for p in prange(panels.shape[0]):
@@ -1177,12 +1178,12 @@ def _pack_panels(qtype, w, offset, layout, panels, scales):
         r0 = p * NR
         nr = min(NR, w.shape[0] - r0)
         if layout == PACK_INT8:
-            _panel_rows(qtype, w, r0, nr, offset, integers, panels[p].view(np.float32), scales[p])
+            _panel_rows(qtype, w, r0, nr, integers, panels[p].view(np.float32), scales[p])
         elif layout == PACK_PAIRS:
-            _pair_panel(qtype, w, r0, nr, offset, integers, panels[p], scales[p])
+            _pair_panel(qtype, w, r0, nr, integers, panels[p], scales[p])
         else:
             pairs = np.empty(k * NR, np.uint8)
-            _pair_panel(qtype, w, r0, nr, offset, integers, pairs, scales[p])
+            _pair_panel(qtype, w, r0, nr, integers, pairs, scales[p])
             _nibble_pairs(pairs, panels[p])
 
 
@@ -1216,6 +1217,8 @@ def _aligned(shape, dtype, alignment=64) -> np.ndarray:
 
 
 def _pack_int(w, qtype, bits) -> PackedWeight:
+    if not INT_DOT:  # (its panel functions compile only where the integer tile exists)
+        raise NotImplementedError("the integer matmul needs a CPU with AVX-512 VNNI (and Numba compiling)")
     if int(qtype) not in INT_OFFSET:
         raise ValueError(f"the integer matmul takes Q8_0 and Q4_0 weights, not {block_format(qtype)[0]}")
     w, rows, k = weight_bytes(w, qtype)
@@ -1225,7 +1228,7 @@ def _pack_int(w, qtype, bits) -> PackedWeight:
     panels = _aligned((n_panels, k * NR // 2 if layout == PACK_NIBBLES else k * NR), np.uint8)
     scales = np.empty((n_panels, k // QB * NR), np.float32)
     if n_panels:
-        _compiled(_pack_panels)(qtype, _read_only(w), np.int32(INT_OFFSET[qtype]), layout, panels, scales)
+        _compiled(_pack_panels)(qtype, _read_only(w), layout, panels, scales)
     half = _aligned(scales.shape, np.uint16)
     half[:] = scales.astype(np.float16).view(np.uint16)  # exact: they were float16
     return PackedWeight(qtype, bits, rows, k, layout, panels, half)
@@ -1324,10 +1327,11 @@ class _Launch:
     __slots__ = ("others", "k", "rows", "n_panels", "panels", "scales", "task_starts", "group", "nibbles", "threads")
 
 
-def _launch_plan(packed, qtype, bits, threads) -> _Launch:
+def _launch_plan(packed, qtype, bits) -> _Launch:
     """The launch over `packed` (1 to SHARED weights), kept by the first weight: the plan holds the others, so
-    the ids in its key stay theirs for as long as it exists."""
-    key = (tuple(id(w) for w in packed[1:]), qtype, bits, threads)
+    the ids in its key stay theirs for as long as it exists. (Numba's thread count is part of the key: it can
+    change between calls.)"""
+    key = (tuple(id(w) for w in packed[1:]), qtype, bits, numba.get_num_threads())
     plan = packed[0].launches.get(key)
     if plan is not None:
         return plan
@@ -1341,7 +1345,7 @@ def _launch_plan(packed, qtype, bits, threads) -> _Launch:
     plan = _Launch()
     plan.others, plan.k, plan.rows = packed[1:], k, [w.rows for w in packed]
     plan.n_panels = sum(w.panels.shape[0] for w in packed)
-    plan.threads = max(1, min(threads, plan.n_panels))
+    plan.threads = _threads(plan.n_panels)
     plan.group = max(1, min(4, plan.n_panels // (4 * plan.threads)))  # up to 4 panels a task, leaving 4 tasks a thread
     padding = SHARED - len(packed)
     plan.panels = tuple(w.panels for w in packed) + (np.empty((0, packed[0].panels.shape[1]), np.uint8),) * padding
@@ -1367,7 +1371,7 @@ def matmul_int_shared(x, weights, qtype, bits=16) -> list[np.ndarray]:
     if not 1 <= len(weights) <= SHARED:
         raise ValueError(f"the integer matmul takes 1 to {SHARED} weights at once, not {len(weights)}")
     packed = [w if isinstance(w, PackedWeight) else _pack_int(w, qtype, bits) for w in weights]
-    plan = _launch_plan(packed, int(qtype), bits, numba.get_num_threads())
+    plan = _launch_plan(packed, int(qtype), bits)
     x = activations(x, plan.k, block_format(qtype)[0])
     n = x.shape[0]
     ys = [np.empty((n, rows), np.float32) for rows in plan.rows]

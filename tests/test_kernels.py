@@ -293,8 +293,10 @@ def test_matmuls_equal_one_matmul_each(backend):
         assert len(got) == len(ws)
         for y, (w, qt) in zip(got, ws):
             np.testing.assert_array_equal(y, backend.matmul(x, w, qt))
-        for y, z in zip(got, backend.matmuls(x, [(backend.pack(w, qt), qt) for w, qt in ws])):  # as a model calls it
-            np.testing.assert_array_equal(y, z)
+        packed = [(backend.pack(w, qt), qt) for w, qt in ws]  # as a model calls it: packed once, then call after call
+        for rows_of_x in (x, x[:3]):
+            for y, z in zip(backend.matmuls(rows_of_x, ws), backend.matmuls(rows_of_x, packed)):
+                np.testing.assert_array_equal(y, z)
 
 
 @needs_int
