@@ -72,6 +72,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 from llvmlite import ir
 
+from . import compiler_pages
 from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,27 +145,38 @@ def _compiled(kernel, variant=None):
     """`kernel` with its declared signatures compiled, once, and no others (a call with other types is an error,
     not a silent second compile). Signatures declared as a dict are variants (the integer design's int16 and
     int8 activations): only the one named is compiled, with its callees' same variant, so a process loads the
-    variant it runs (the int8 one, a bench and test design, cost every q4_0 process 7 MiB)."""
+    variant it runs (the int8 one, a bench and test design, cost every q4_0 process 7 MiB). Once it is ready, the
+    compiler's code leaves the resident set again (compiler_pages)."""
+    if _compile_declared(kernel, variant):
+        compiler_pages.release()
+    return kernel
+
+
+def _compile_declared(kernel, variant=None) -> bool:
+    """_compiled's work: compile `kernel`'s declared signatures (or its variant) and its callees' if not done;
+    whether anything was."""
     declared = getattr(kernel, "_declared", None)
     if isinstance(declared, dict):
-        if variant not in kernel._variants_done:
-            _load_target()
-            for callee in kernel._calls:
-                _compiled(callee, variant)
-            kernel.disable_compile(False)
-            kernel.compile(declared[variant])
-            kernel.disable_compile()  # calls convert to the compiled signatures (read-only arrays ...), as below
-            kernel._variants_done.add(variant)
-        return kernel
-    if declared:
+        if variant in kernel._variants_done:
+            return False
         _load_target()
         for callee in kernel._calls:
-            _compiled(callee)
-        for signature in declared:
-            kernel.compile(signature)
-        kernel.disable_compile()
-        kernel._declared = None
-    return kernel
+            _compile_declared(callee, variant)
+        kernel.disable_compile(False)
+        kernel.compile(declared[variant])
+        kernel.disable_compile()  # calls convert to the compiled signatures (read-only arrays ...), as below
+        kernel._variants_done.add(variant)
+        return True
+    if not declared:
+        return False
+    _load_target()
+    for callee in kernel._calls:
+        _compile_declared(callee)
+    for signature in declared:
+        kernel.compile(signature)
+    kernel.disable_compile()
+    kernel._declared = None
+    return True
 
 
 def _inner(**options):

@@ -579,6 +579,41 @@ def test_kernels_load_numba_without_scipy_blas():
     assert done.stdout.split() == ["False", "3.0", "True"]
 
 
+LLVM_PROBE = """
+    import numpy as np, gguf, kernels
+    def llvm_kib():
+        kib, inside = 0, False
+        for line in open("/proc/self/smaps", encoding="ascii", errors="replace"):
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                inside = len(fields) >= 6 and "libllvmlite" in fields[5]
+            elif inside and fields[0] == "Rss:":
+                kib += int(fields[1])
+        return kib
+    after_import = llvm_kib()
+    w = gguf.quants.quantize(np.ones((3, 64), np.float32), 2)
+    y = kernels.matmul(np.ones((2, 64), np.float32), kernels.pack(w, 2), 2)  # compiles, or loads from the cache
+    assert np.allclose(y, 64.0), y
+    kernels.numba_backend.matmul_outer(np.ones((40, 64), np.float32), w, 2)  # another kernel, compiled after a release
+    y = kernels.matmul(np.ones((2, 64), np.float32), kernels.pack(w, 2), 2)
+    assert np.allclose(y, 64.0), y
+    print(after_import, llvm_kib())
+"""
+
+
+@pytest.mark.skipif(numba_backend is None or NO_JIT or not sys.platform.startswith("linux"),
+                    reason="needs Numba compiling, on Linux (reads /proc/self/smaps)")
+def test_llvm_leaves_the_resident_set_once_kernels_are_compiled():
+    """LLVM's code and data (libllvmlite.so, ~69 MiB resident after a q4_0 model's first query) are dropped from
+    the resident set after each kernel compiles or loads; kernels compiled later still work."""
+    done = run_python(LLVM_PROBE)
+    assert done.returncode == 0, done.stderr
+    after_import, after_compiling = (int(v) for v in done.stdout.split())
+    print(f"\nlibllvmlite resident: {after_import / 1024:.1f} MiB after import, {after_compiling / 1024:.1f} after compiling")
+    assert after_import > 20 * 1024  # what there is to drop (LLVM's static initialisers ran at import)
+    assert after_compiling < 8 * 1024  # what stays: the pages the loader relocated
+
+
 @pytest.mark.skipif(numba_backend is None or NO_JIT, reason="needs Numba compiling")
 def test_compiled_kernels_come_from_the_cache_next_time(tmp_path):
     """Parallel kernels have had cache trouble in Numba: the second process must compile nothing."""
