@@ -498,8 +498,8 @@ def _git() -> dict:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "modified": dirty}
+    # (Not `status --porcelain`: its lines start with a space, which the strip above would eat from the first.)
+    return {"commit": git("rev-parse", "--short", "HEAD"), "modified": git("diff", "--name-only", "HEAD").splitlines()}
 
 
 def _load() -> str:
