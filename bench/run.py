@@ -172,6 +172,7 @@ def summarise(system: System, runs: list[dict], cold: list[dict], tokens: dict) 
     best["cold_start_s"] = _best([r["cold_start_s"] for r in ok], min)
     best["cold_start_cold_cache_s"] = _best([r["cold_start_s"] for r in cold if "error" not in r], min)
     best["peak_rss_mib"] = _best([r.get("peak_rss_mib") for r in ok], max)
+    best["anon_end_mib"] = _best([r.get("anon_end_mib") for r in ok], max)
     return best
 
 
@@ -236,7 +237,7 @@ def _f(x, fmt="{:.0f}", none="—"):
 
 def table(report: dict) -> str:
     head = ("| system | file MiB | ref tok/s | ref texts/s | ref ×peer | syn tok/s | syn texts/s | syn ×peer "
-            "| query ms | ×peer | cold start s (warm / cold cache) | peak RSS MiB | cos vs reference (mean / min) |")
+            "| query ms | ×peer | cold start s (warm / cold cache) | peak RSS MiB (anon at end) | cos vs reference (mean / min) |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for sid, row in report["systems"].items():
         if row.get("skipped") or "best" not in row:
@@ -249,11 +250,14 @@ def table(report: dict) -> str:
         cold = _f(b.get("cold_start_s"), "{:.2f}")
         if b.get("cold_start_cold_cache_s") is not None:
             cold += " / " + _f(b["cold_start_cold_cache_s"], "{:.2f}")
+        rss = _f(b.get("peak_rss_mib"))
+        if b.get("anon_end_mib") is not None:
+            rss += " (" + _f(b["anon_end_mib"]) + ")"
         cos = row.get("cos_reference")
         lines.append(" | ".join([
             f"| {sid}", _f(row.get("file_mib")), wl("reference", "tokens_per_s"), wl("reference", "texts_per_s"),
             ratio("reference"), wl("synthetic", "tokens_per_s"), wl("synthetic", "texts_per_s"), ratio("synthetic"),
-            _f(b.get("latency_ms"), "{:.1f}"), ratio("latency"), cold, _f(b.get("peak_rss_mib")),
+            _f(b.get("latency_ms"), "{:.1f}"), ratio("latency"), cold, rss,
             f"{cos['mean']:.5f} / {cos['min']:.4f}" if cos else "—"]) + " |")
     return "\n".join(lines)
 

@@ -12,6 +12,16 @@ import sys
 import time
 
 
+def anonymous_mb() -> float | None:
+    """This process's resident anonymous memory in MiB (RssAnon: its private data, without the pages of files and
+    libraries, which the kernel can drop and read back); None where /proc says nothing."""
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status", encoding="ascii"))
+        return int(fields["RssAnon"].split()[0]) / 1024
+    except (OSError, KeyError):
+        return None
+
+
 def peak_rss_mb() -> tuple[float, float]:
     """(peak, current) resident set of this process in MiB."""
     try:
@@ -74,6 +84,7 @@ def main(spec_path: str, result_path: str) -> None:
 
                 np.save(spec["save_embeddings"], np.asarray(emb, np.float32))
         result["peak_rss_mib"], result["rss_end_mib"] = peak_rss_mb()
+        result["anon_end_mib"] = anonymous_mb()
     json.dump(result, open(result_path, "w", encoding="utf-8"))
 
 

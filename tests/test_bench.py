@@ -29,6 +29,8 @@ def check_report(out, dim_matches_reference: bool):
     for name in ("reference", "synthetic"):
         assert all(best[name][f] > 0 for f in FIGURES)
     assert best["latency_ms"] > 0 and best["cold_start_s"] > 0 and best["peak_rss_mib"] > 0
+    if os.path.exists("/proc/self/status"):  # private memory: part of the resident set
+        assert 0 < best["anon_end_mib"] < best["peak_rss_mib"]
     assert len(row["runs"]) == 1 and len(row["runs"][0]["latency_all_s"]) == 2
     assert ("cos_reference" in row) == dim_matches_reference
     assert "edgegemma:q4_0:numpy" in report["table"]
