@@ -610,8 +610,9 @@ def test_llvm_leaves_the_resident_set_once_kernels_are_compiled():
     assert done.returncode == 0, done.stderr
     after_import, after_compiling = (int(v) for v in done.stdout.split())
     print(f"\nlibllvmlite resident: {after_import / 1024:.1f} MiB after import, {after_compiling / 1024:.1f} after compiling")
-    assert after_import > 20 * 1024  # what there is to drop (LLVM's static initialisers ran at import)
-    assert after_compiling < 8 * 1024  # what stays: the pages the loader relocated
+    # Compiling only adds to what the import brought in (LLVM's static initialisers), unless it is released;
+    # what stays is the pages the loader relocated (1.9 MiB here).
+    assert after_compiling < min(8 * 1024, after_import / 4)
 
 
 @pytest.mark.skipif(numba_backend is None or NO_JIT, reason="needs Numba compiling")
