@@ -29,7 +29,7 @@ class Weight:
     qtype: int
     shape: tuple[int, int]  # (out_features, in_features)
     data: np.ndarray
-    packed: object = None
+    packed: object  # kernels.pack(data), or data itself
 
 
 @dataclass(frozen=True)
