@@ -48,9 +48,16 @@ def rope_table(base: float, head_dim: int, max_positions: int) -> tuple[np.ndarr
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate (tokens, heads, head_dim) by position; the halves pair up (Hugging Face's rotate_half)."""
-    return kernels.rope(x, cos, sin)
+def norm_and_rotate(x: np.ndarray, weight: np.ndarray, eps: float, cos: np.ndarray, sin: np.ndarray,
+                    out: np.ndarray) -> np.ndarray:
+    """The q or k norm (RMSNorm over each head), then RoPE on (tokens, heads, head_dim), into out; the halves
+    pair up (Hugging Face's rotate_half)."""
+    return kernels.rms_norm_rope(x, weight, eps, cos, sin, out=out)
+
+
+def add_normed(x: np.ndarray, y: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x += rms_norm(y): Gemma 3 norms each sublayer's output before the residual add. In place."""
+    return kernels.add_rms_norm(x, y, weight, eps)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, radius: int | None,
@@ -160,8 +167,8 @@ class EmbeddingGemma:
             note(f"blk.{i}.attn_norm", h)  # the input of q, k and v
             qc, kc, vc = linears(h, layer.attn_q, layer.attn_k, layer.attn_v)
             rotate = cos[positions[a:b]], sin[positions[a:b]]
-            q[a:b] = apply_rope(rms_norm(qc.reshape(b - a, heads, d), layer.attn_q_norm, eps), *rotate)
-            k[a:b] = apply_rope(rms_norm(kc.reshape(b - a, kv_heads, d), layer.attn_k_norm, eps), *rotate)
+            norm_and_rotate(qc.reshape(b - a, heads, d), layer.attn_q_norm, eps, *rotate, out=q[a:b])
+            norm_and_rotate(kc.reshape(b - a, kv_heads, d), layer.attn_k_norm, eps, *rotate, out=k[a:b])
             v[a:b] = vc.reshape(b - a, kv_heads, d)
         radius = c.attention_radius if sliding else None
         for start, stop in zip(bounds[:-1], bounds[1:]):  # each sequence's output replaces its queries
@@ -169,7 +176,7 @@ class EmbeddingGemma:
         mixed = q.reshape(n, heads * d)
         note(f"blk.{i}.attn_out_in", mixed)
         for a, b in _spans(n, chunk):
-            x[a:b] += rms_norm(linear(mixed[a:b], layer.attn_output), layer.post_attention_norm, eps)
+            add_normed(x[a:b], linear(mixed[a:b], layer.attn_output), layer.post_attention_norm, eps)
         del block, q, k, v, mixed
 
         # Feed-forward: norm, GeGLU (gelu-tanh gate times up), down, norm, add.
@@ -179,7 +186,7 @@ class EmbeddingGemma:
             g, up = linears(h, layer.ffn_gate, layer.ffn_up)
             g = geglu(g, up)
             note(f"blk.{i}.ffn_down_in", g)
-            x[a:b] += rms_norm(linear(g, layer.ffn_down), layer.post_ffw_norm, eps)
+            add_normed(x[a:b], linear(g, layer.ffn_down), layer.post_ffw_norm, eps)
         return x
 
 

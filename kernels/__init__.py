@@ -10,7 +10,9 @@ needs besides. They know block formats and array shapes, not models.
     rms_norm(x, weight, eps)          x / sqrt(mean(x^2, last axis) + eps) * weight
     gelu_tanh(x)                      0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     gelu_tanh_mul(x, y)               x = gelu_tanh(x) * y in place (a GeGLU), one pass
-    rope(x, cos, sin)                 x (tokens, heads, d) rotated, halves paired (x1 c - x2 s, x2 c + x1 s)
+    add_rms_norm(x, y, weight, eps)   x += rms_norm(y, weight, eps) in place (a normed residual), one pass
+    rms_norm_rope(x, w, eps, cos, sin) rms_norm, then x (tokens, heads, d) rotated, halves paired
+                                      (x1 c - x2 s, x2 c + x1 s), one pass; into `out=` when given
     attention(q, k, v, scale, radius) softmax attention of one sequence, grouped heads, optional band |i-j|<=radius
 
 `w` is the weight as the GGUF file stores it: a C-contiguous uint8 array (rows, row_bytes), usually a read-only
@@ -60,8 +62,9 @@ dequantize = _backend.dequantize
 rms_norm = _backend.rms_norm
 gelu_tanh = _backend.gelu_tanh
 gelu_tanh_mul = _backend.gelu_tanh_mul
-rope = _backend.rope
+add_rms_norm = _backend.add_rms_norm
+rms_norm_rope = _backend.rms_norm_rope
 attention = _backend.attention
 
 __all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "pack", "MATMUL_ROWS", "dequantize_rows", "dequantize", "rms_norm",
-           "gelu_tanh", "gelu_tanh_mul", "rope", "attention"]
+           "gelu_tanh", "gelu_tanh_mul", "add_rms_norm", "rms_norm_rope", "attention"]

@@ -1576,17 +1576,40 @@ def _gelu(v):
     return v / (np.float32(1.0) + _exp(np.float32(-2.0) * z))
 
 
+@_inner(fastmath=FAST, inline="always")
+def _rms_scale(row, eps):
+    """1 / sqrt(mean(row^2) + eps): what RMSNorm multiplies a row by (before its weight)."""
+    total = np.float32(0.0)
+    for i in range(row.size):
+        total += row[i] * row[i]
+    return np.float32(1.0) / np.sqrt(total / np.float32(row.size) + eps)
+
+
 @_jit(types.void(f32_rows_ro, f32_vec_ro, types.float32, f32_rows, types.int64, types.int64), fastmath=FAST)
 def _rms_norm_rows(x, weight, eps, out, r0, r1):
-    d = x.shape[1]
     for r in range(r0, r1):
         row, dst = x[r], out[r]
-        total = np.float32(0.0)
-        for i in range(d):
-            total += row[i] * row[i]
-        scale = np.float32(1.0) / np.sqrt(total / np.float32(d) + eps)
-        for i in range(d):
+        scale = _rms_scale(row, eps)
+        for i in range(row.size):
             dst[i] = row[i] * scale * weight[i]
+
+
+@_jit(types.void(f32_rows, f32_rows_ro, f32_vec_ro, types.float32, types.int64, types.int64), fastmath=FAST)
+def _add_rms_norm_rows(x, y, weight, eps, r0, r1):
+    for r in range(r0, r1):
+        row, dst = y[r], x[r]
+        scale = _rms_scale(row, eps)
+        for i in range(row.size):
+            dst[i] += row[i] * scale * weight[i]
+
+
+@_jit(types.void(f32_rows, f32_rows_ro, f32_vec_ro, types.float32, types.int64), parallel=True,
+      calls=(_add_rms_norm_rows,))
+def _add_rms_norm_parallel(x, y, weight, eps, rows_per_task):
+    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
+    for task in prange(n_tasks):
+        r0 = np.int64(task) * rows_per_task
+        _add_rms_norm_rows(x, y, weight, eps, r0, min(x.shape[0], r0 + rows_per_task))
 
 
 @_jit(types.void(f32_rows_ro, f32_vec_ro, types.float32, f32_rows, types.int64), parallel=True, calls=(_rms_norm_rows,))
@@ -1629,25 +1652,30 @@ def _gelu_tanh_mul_parallel(x, y):
         _gelu_tanh_mul_range(x, y, i0, min(x.size, i0 + ELEMENTWISE_CHUNK))
 
 
-@_jit(types.void(f32_3d_ro, f32_rows_ro, f32_rows_ro, f32_3d, types.int64, types.int64), fastmath=FAST)
-def _rope_rows(x, cos, sin, out, t0, t1):
+@_jit(types.void(f32_3d_ro, f32_vec_ro, types.float32, f32_rows_ro, f32_rows_ro, f32_3d, types.int64, types.int64),
+      fastmath=FAST)
+def _rms_norm_rope_rows(x, weight, eps, cos, sin, out, t0, t1):
     half = cos.shape[1]
+    w1, w2 = weight[:half], weight[half:2 * half]
     for t in range(t0, t1):
         c, s = cos[t], sin[t]
         for h in range(x.shape[1]):
+            scale = _rms_scale(x[t, h], eps)
             x1, x2 = x[t, h, :half], x[t, h, half:2 * half]
             o1, o2 = out[t, h, :half], out[t, h, half:2 * half]
             for i in range(half):
-                o1[i] = x1[i] * c[i] - x2[i] * s[i]
-                o2[i] = x2[i] * c[i] + x1[i] * s[i]
+                a, b = x1[i] * scale * w1[i], x2[i] * scale * w2[i]
+                o1[i] = a * c[i] - b * s[i]
+                o2[i] = b * c[i] + a * s[i]
 
 
-@_jit(types.void(f32_3d_ro, f32_rows_ro, f32_rows_ro, f32_3d, types.int64), parallel=True, calls=(_rope_rows,))
-def _rope_parallel(x, cos, sin, out, rows_per_task):
+@_jit(types.void(f32_3d_ro, f32_vec_ro, types.float32, f32_rows_ro, f32_rows_ro, f32_3d, types.int64), parallel=True,
+      calls=(_rms_norm_rope_rows,))
+def _rms_norm_rope_parallel(x, weight, eps, cos, sin, out, rows_per_task):
     n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
     for task in prange(n_tasks):
         t0 = np.int64(task) * rows_per_task
-        _rope_rows(x, cos, sin, out, t0, min(x.shape[0], t0 + rows_per_task))
+        _rms_norm_rope_rows(x, weight, eps, cos, sin, out, t0, min(x.shape[0], t0 + rows_per_task))
 
 
 def rms_norm(x, weight, eps) -> np.ndarray:
@@ -1688,17 +1716,33 @@ def gelu_tanh_mul(x, y) -> np.ndarray:
     return x
 
 
-def rope(x, cos, sin) -> np.ndarray:
-    """Rotate x (tokens, heads, d) by angles with cos and sin (tokens, d / 2): the halves of each head pair up,
-    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+def add_rms_norm(x, y, weight, eps) -> np.ndarray:
+    """x += rms_norm(y, weight, eps), in place (x: a writable float32 C array; y: its shape), one pass; returns x."""
+    check_in_place(x, y)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    d = weight.shape[0]
+    rows, normed = x.reshape(-1, d), np.ascontiguousarray(y, dtype=np.float32).reshape(-1, d)
+    per_task = max(1, ELEMENTWISE_CHUNK // d)
+    if rows.shape[0] >= 2 * per_task and numba.get_num_threads() > 1:
+        _compiled(_add_rms_norm_parallel)(rows, normed, weight, np.float32(eps), per_task)
+    else:
+        _compiled(_add_rms_norm_rows)(rows, normed, weight, np.float32(eps), 0, rows.shape[0])
+    return x
+
+
+def rms_norm_rope(x, weight, eps, cos, sin, out=None) -> np.ndarray:
+    """rope(rms_norm(x, weight, eps), cos, sin) in one pass, into `out` (x's shape) when given."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
     cos, sin = np.ascontiguousarray(cos, dtype=np.float32), np.ascontiguousarray(sin, dtype=np.float32)
-    out = np.empty_like(x)
+    if out is None:
+        out = np.empty_like(x)
+    check_in_place(out, x)
     per_task = max(1, ELEMENTWISE_CHUNK // max(1, x.shape[1] * x.shape[2]))
     if x.shape[0] >= 2 * per_task and numba.get_num_threads() > 1:
-        _compiled(_rope_parallel)(x, cos, sin, out, per_task)
+        _compiled(_rms_norm_rope_parallel)(x, weight, np.float32(eps), cos, sin, out, per_task)
     else:
-        _compiled(_rope_rows)(x, cos, sin, out, 0, x.shape[0])
+        _compiled(_rms_norm_rope_rows)(x, weight, np.float32(eps), cos, sin, out, 0, x.shape[0])
     return out
 
 

@@ -138,13 +138,26 @@ def gelu_tanh_mul(x, y) -> np.ndarray:
     return x
 
 
-def rope(x, cos, sin) -> np.ndarray:
-    """Rotate x (tokens, heads, d) by angles with cos and sin (tokens, d / 2): the halves of each head pair up,
-    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+def add_rms_norm(x, y, weight, eps) -> np.ndarray:
+    """x += rms_norm(y, weight, eps), in place (x: a writable float32 C array; y: its shape); returns x."""
+    check_in_place(x, y)
+    x += rms_norm(y, weight, eps)
+    return x
+
+
+def rms_norm_rope(x, weight, eps, cos, sin, out=None) -> np.ndarray:
+    """rms_norm over the last axis of x (tokens, heads, d), then each head rotated by angles with cos and sin
+    (tokens, d / 2): its halves pair up, (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). Into `out` when given."""
+    if out is None:
+        out = np.empty(np.shape(x), np.float32)
+    check_in_place(out, x)
+    x = rms_norm(x, weight, eps)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     c, s = cos[:, None, :], sin[:, None, :]
-    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    np.subtract(x1 * c, x2 * s, out=out[..., :half])
+    np.add(x2 * c, x1 * s, out=out[..., half:])
+    return out
 
 
 def attention(q, k, v, scale, radius, out=None, block: int = 256) -> np.ndarray:

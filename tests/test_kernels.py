@@ -370,7 +370,7 @@ def test_every_half_decodes_as_numpy_does():
     assert np.isnan(got[signalling]).all() and (np.signbit(got[signalling]) == np.signbit(want[signalling])).all()
 
 
-# --- the array ops: rms_norm, gelu_tanh, rope, attention ----------------------------------------------------------
+# --- the array ops: rms_norm (alone, added, rotated), gelu_tanh, attention ----------------------------------------------------------
 
 
 def attention_float64(q, k, v, scale, radius):
@@ -441,11 +441,25 @@ def test_elementwise_ops_match_float64(backend):
     with pytest.raises(ValueError, match="writable C-contiguous float32"):
         backend.gelu_tanh_mul(y.astype(np.float64), other)
 
+    normed = x64 / np.sqrt(np.mean(x64 ** 2, axis=-1, keepdims=True) + 1e-6) * weight
+    residual = rng.standard_normal(x.shape).astype(np.float32)
+    added = residual.copy()
+    assert backend.add_rms_norm(added, x, weight, 1e-6) is added
+    np.testing.assert_allclose(added, residual + normed, rtol=2e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        backend.add_rms_norm(added, x[:-1], weight, 1e-6)
+
     angles = rng.uniform(0, 100, (n, 32))
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     c, s_ = cos[:, None].astype(np.float64), sin[:, None].astype(np.float64)
-    want = np.concatenate([x64[..., :32] * c - x64[..., 32:] * s_, x64[..., 32:] * c + x64[..., :32] * s_], axis=-1)
-    np.testing.assert_allclose(backend.rope(x, cos, sin), want, rtol=0, atol=2e-6 * np.abs(x).max())
+    want = np.concatenate([normed[..., :32] * c - normed[..., 32:] * s_, normed[..., 32:] * c + normed[..., :32] * s_], axis=-1)
+    got = backend.rms_norm_rope(x, weight, 1e-6, cos, sin)
+    np.testing.assert_allclose(got, want, rtol=0, atol=4e-6 * np.abs(normed).max())
+    into = np.full_like(x, np.nan)  # into a given buffer (the model's q and k): every value written
+    assert backend.rms_norm_rope(x, weight, 1e-6, cos, sin, out=into) is into
+    np.testing.assert_array_equal(into, got)
+    with pytest.raises(ValueError, match="writable C-contiguous float32"):
+        backend.rms_norm_rope(x, weight, 1e-6, cos, sin, out=into[:, :, ::2])
 
 
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
@@ -455,8 +469,9 @@ def test_numba_ops_equal_numpy():
     weight = rng.standard_normal(64).astype(np.float32)
     cos, sin = rng.standard_normal((50, 32)).astype(np.float32), rng.standard_normal((50, 32)).astype(np.float32)
     for name, args in [("rms_norm", (x, weight, 1e-6)), ("gelu_tanh", (x,)), ("gelu_tanh_mul", (x, x[::-1].copy())),
-                       ("rope", (x, cos, sin)), ("attention", (x, x[:, :1], x[:, 1:2], 0.125, 7))]:
-        fresh = lambda: [a.copy() if isinstance(a, np.ndarray) else a for a in args]  # gelu_tanh_mul writes its x
+                       ("add_rms_norm", (x[::-1].copy(), x, weight, 1e-6)), ("rms_norm_rope", (x, weight, 1e-6, cos, sin)),
+                       ("attention", (x, x[:, :1], x[:, 1:2], 0.125, 7))]:
+        fresh = lambda: [a.copy() if isinstance(a, np.ndarray) else a for a in args]  # in-place ops write their x
         a, b = getattr(numba_backend, name)(*fresh()), getattr(numpy_backend, name)(*fresh())
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max(), err_msg=name)
 
@@ -542,7 +557,8 @@ CACHE_PROBE = """
         nb.dequantize_rows(w, qtype, [1])
         nb.matmul(np.ones((2, 64), np.float32), nb.pack(w, qtype), qtype)  # the integer design, packed, where it runs
     x = np.ones((40, 2, 64), np.float32)
-    nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x), nb.rope(x, x[:, 0, :32], x[:, 0, :32])
+    nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x)
+    nb.add_rms_norm(x.copy(), x, np.ones(64, np.float32), 1e-6), nb.rms_norm_rope(x, np.ones(64, np.float32), 1e-6, x[:, 0, :32], x[:, 0, :32])
     nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
     nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)  # the serial paths too: one task, one thread
     numba.set_num_threads(1)
