@@ -1731,7 +1731,9 @@ def add_rms_norm(x, y, weight, eps) -> np.ndarray:
 
 
 def rms_norm_rope(x, weight, eps, cos, sin, out=None) -> np.ndarray:
-    """rope(rms_norm(x, weight, eps), cos, sin) in one pass, into `out` (x's shape) when given."""
+    """rms_norm over the last axis of x (tokens, heads, d), then each head rotated by angles with cos and sin
+    (tokens, d / 2), its halves paired: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). One pass, into `out`
+    (x's shape) when given."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     weight = np.ascontiguousarray(weight, dtype=np.float32)
     cos, sin = np.ascontiguousarray(cos, dtype=np.float32), np.ascontiguousarray(sin, dtype=np.float32)
