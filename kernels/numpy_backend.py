@@ -34,9 +34,14 @@ def _decode_bf16(raw, out):
     bits <<= 16
 
 
+# The integers are first cast into `out`, then scaled there: one multiply of int8 by float32 (numpy casts each
+# buffer of q on the way) took 0.63 ns a value, the cast and an in-place float multiply 0.51 (Q8_0; Q4_0 1.14 ->
+# 1.03), with the same bits.
 def _decode_q8_0(raw, out):
     blocks = raw.reshape(raw.shape[0], raw.shape[1] // 34, 34)
-    np.multiply(_f16_scales(blocks), blocks[..., 2:].view(np.int8), out=out.reshape(blocks.shape[0], blocks.shape[1], 32))
+    values = out.reshape(blocks.shape[0], blocks.shape[1], 32)
+    values[...] = blocks[..., 2:].view(np.int8)
+    values *= _f16_scales(blocks)
 
 
 def _decode_q4_0(raw, out):
@@ -46,7 +51,9 @@ def _decode_q4_0(raw, out):
     np.bitwise_and(qs, 0x0F, out=q[..., :16].view(np.uint8))  # x[j]      in the low nibble of byte j
     np.right_shift(qs, 4, out=q[..., 16:].view(np.uint8))  # x[j + 16] in its high nibble
     q -= 8
-    np.multiply(_f16_scales(blocks), q, out=out.reshape(blocks.shape[0], blocks.shape[1], 32))
+    values = out.reshape(blocks.shape[0], blocks.shape[1], 32)
+    values[...] = q
+    values *= _f16_scales(blocks)
 
 
 DECODERS = {F32: _decode_f32, F16: _decode_f16, BF16: _decode_bf16, Q8_0: _decode_q8_0, Q4_0: _decode_q4_0}
