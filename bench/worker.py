@@ -12,27 +12,32 @@ import sys
 import time
 
 
-def anonymous_mb() -> float | None:
-    """This process's resident anonymous memory in MiB (RssAnon: its private data, without the pages of files and
-    libraries, which the kernel can drop and read back); None where /proc says nothing."""
+def _status_mib(*names: str) -> list[float] | None:
+    """The named fields of /proc/self/status (kB) in MiB; None where /proc says nothing (not Linux)."""
     try:
         fields = dict(line.split(":", 1) for line in open("/proc/self/status", encoding="ascii"))
-        return int(fields["RssAnon"].split()[0]) / 1024
+        return [int(fields[name].split()[0]) / 1024 for name in names]
     except (OSError, KeyError):
         return None
 
 
+def anonymous_mb() -> float | None:
+    """This process's resident anonymous memory in MiB (RssAnon: its private data, without the pages of files and
+    libraries, which the kernel can drop and read back); None where /proc says nothing."""
+    anon = _status_mib("RssAnon")
+    return anon[0] if anon else None
+
+
 def peak_rss_mb() -> tuple[float, float]:
     """(peak, current) resident set of this process in MiB."""
-    try:
-        fields = dict(line.split(":", 1) for line in open("/proc/self/status", encoding="ascii"))
-        return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
-    except (OSError, KeyError):  # not Linux: ru_maxrss is kB on Linux, bytes on macOS
-        import resource
+    status = _status_mib("VmHWM", "VmRSS")
+    if status:
+        return status[0], status[1]
+    import resource  # not Linux: ru_maxrss is kB on Linux, bytes on macOS
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = peak / 2**20 if sys.platform == "darwin" else peak / 1024
-        return peak, float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    return peak, float("nan")
 
 
 def main(spec_path: str, result_path: str) -> None:
