@@ -859,10 +859,13 @@ _int_rows_ro = {bits: types.Array(t.dtype, 2, "C", readonly=True) for bits, t in
        for bits, q in _int_rows.items()}, fastmath=FAST)
 def _quantize_rows(x, levels, offset, qx, dx, cx, t0, t1):
     """For rows t0 <= t < t1 and each block b of 32 values: dx = max|x| / levels, qx = rint(x / dx) in
-    -levels..levels (0 for an all-zero block), cx = -offset * sum(qx)."""
-    n_blocks = dx.shape[1]
+    -levels..levels (0 for an all-zero block), cx = -offset * sum(qx); dx and cx in groups of INT_MR tokens
+    (see quantize_activations)."""
+    n_blocks = dx.shape[1] // INT_MR
     block = x.shape[1] // n_blocks if n_blocks else QB  # 32, from the sizes: see the block decoders' comment
     for t in range(t0, t1):
+        g, a = t // INT_MR, t % INT_MR
+        dg, cg = dx[g], cx[g]
         for b in range(n_blocks):
             xb, qb = x[t, block * b:block * (b + 1)], qx[t, block * b:block * (b + 1)]
             top = np.int32(0)  # max |x| through the bits: for |x| they order as the floats do (see _max)
@@ -875,8 +878,8 @@ def _quantize_rows(x, levels, offset, qx, dx, cx, t0, t1):
                 v = np.int32(np.rint(xb[i] * inverse))
                 qb[i] = v
                 total += v
-            dx[t, b] = amax / levels
-            cx[t, b] = -offset * total
+            dg[b * INT_MR + a] = amax / levels
+            cg[b * INT_MR + a] = -offset * total
 
 
 @_jit({bits: types.void(f32_rows_ro, types.float32, types.int32, q, f32_rows, i32_rows, types.int64)
@@ -1100,16 +1103,22 @@ if INT_DOT:
             block = builder.append_basic_block(f"int.m{mr}")
             switch.add_case(ir.Constant(m.type, mr), block)
             builder.position_at_end(block)
-            tokens = [builder.add(t0, c64(a)) for a in range(mr)]
-            q_rows = [row(qx_a, t, i8) for t in tokens]
-            d_rows = [row(dx_a, t, f32) for t in tokens]
-            c_rows = [row(cx_a, t, i32) for t in tokens]
+            # One pointer to the tile's dx and cx, [block][token], not one per token: with 18 row pointers
+            # (qx, dx, cx) the loop spilled ~150 of them a block to the stack and reloaded them, and the
+            # loads, not the vpdpwssd, set its pace. Tile alone, in cache: q4_0 255 -> 305 GOP/s a core,
+            # q8_0 297 -> 320; bench/kernels int16 (2 alternating runs, wall): q4_0 n=18 / 256 / 2048
+            # 314-322 / 416-417 / 385-410 -> 350-357 / 458 / 441, q8_0 292-307 / 412-426 / 387-418 -> 343-345 /
+            # 452-463 / 431-445. 8 or 12 tokens a tile then spill vectors (12: 229-266 GOP/s a core).
+            q_rows = [row(qx_a, builder.add(t0, c64(a)), i8) for a in range(mr)]
+            group = builder.udiv(t0, c64(INT_MR))  # t0 starts one (see quantize_activations)
+            d_group, c_group = row(dx_a, group, f32), row(cx_a, group, i32)
             sums = [[cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * 16)) for _ in range(nv)] for _ in range(mr)]
             with cgutils.for_range(builder, n_blocks) as loop:
                 b = loop.index
                 block_bytes = QB * NR // 2 if nibbles else QB * NR  # a byte a value, or half a byte
                 panel = builder.gep(builder.bitcast(pa.data, i8p), [builder.mul(b, c64(block_bytes))])
-                acc = [[splat(builder.load(builder.gep(c_rows[a], [b])), vi)] * nv for a in range(mr)]
+                at_block = builder.mul(b, c64(INT_MR))  # the block's dx and cx: [block][token]
+                acc = [[splat(builder.load(builder.gep(c_group, [builder.add(at_block, c64(a))])), vi)] * nv for a in range(mr)]
                 for s in range(QB // per_lane):  # per_lane values of the block a step
                     if width == 1:  # 4 bytes of each of 16 rows
                         wv = [load(panel, 4 * (s * NR + 16 * v), vi) for v in range(nv)]
@@ -1129,7 +1138,7 @@ if INT_DOT:
                 dw = [builder.fpext(builder.load(builder.bitcast(builder.gep(scales_b, [c64(16 * v)]), vh.as_pointer()), align=2), vf)
                       for v in range(nv)]
                 for a in range(mr):
-                    d = splat(builder.load(builder.gep(d_rows[a], [b])), vf)
+                    d = splat(builder.load(builder.gep(d_group, [builder.add(at_block, c64(a))])), vf)
                     for v in range(nv):
                         total = builder.sitofp(acc[a][v], vf)
                         builder.store(builder.call(fma, [total, builder.fmul(dw[v], d), builder.load(sums[a][v])]), sums[a][v])
@@ -1269,7 +1278,7 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
         """Claim tasks until none are left; tasks task_starts[j] .. task_starts[j + 1] are weight j's, `group`
         panels each (see _pack_panels); every token times them, INT_MR tokens a tile, into ys[j]."""
         n = qx.shape[0]
-        n_blocks = dx.shape[1]
+        n_blocks = dx.shape[1] // INT_MR
         spill = np.empty((INT_MR, NR), np.float32)
         end = task_starts[SHARED]
         while True:
@@ -1305,22 +1314,30 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
             _int_worker(qx, dx, cx, panels, scales, ys, task_starts, counter, group, nibbles)
 
 
-QUANTIZE_ROWS = 64  # rows of x a parallel activation-quantizing task takes
+QUANTIZE_ROWS = 8 * INT_MR  # rows of x a parallel activation-quantizing task takes: whole groups
 
 
 def quantize_activations(x, bits, offset=0):
-    """x (n, k) float32 -> (qx (n, k) int8 or int16, dx float32 (n, k / 32), cx int32 (n, k / 32)) as the
-    integer matmul reads them (see the comment above _quantize_rows)."""
+    """x (n, k) float32 -> (qx (n, k) int8 or int16, dx float32, cx int32) as the integer matmul reads them
+    (see the comment above _quantize_rows). dx and cx come in groups of INT_MR tokens, a tile's, one row a
+    group: (groups, k / 32 * INT_MR), [block][token]; activation_rows gives them as rows."""
     n, k = x.shape
+    groups = -(-n // INT_MR)
     qx = np.empty((n, k), np.int8 if bits == 8 else np.int16)
-    dx = np.empty((n, k // QB), np.float32)
-    cx = np.empty((n, k // QB), np.int32)
+    dx = np.empty((groups, k // QB * INT_MR), np.float32)
+    cx = np.empty((groups, k // QB * INT_MR), np.int32)
     levels, offset = np.float32(LEVELS[bits]), np.int32(offset)
     if n >= 2 * QUANTIZE_ROWS and numba.get_num_threads() > 1:
         _compiled(_quantize_parallel, bits)(x, levels, offset, qx, dx, cx, QUANTIZE_ROWS)
     else:
         _compiled(_quantize_rows, bits)(x, levels, offset, qx, dx, cx, 0, n)
     return qx, dx, cx
+
+
+def activation_rows(grouped, n):
+    """quantize_activations' dx or cx as rows, (n, k / 32)."""
+    groups = grouped.shape[0]
+    return grouped.reshape(groups, -1, INT_MR).transpose(0, 2, 1).reshape(groups * INT_MR, -1)[:n]
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
