@@ -1293,11 +1293,16 @@ if INT_DOT:  # (elsewhere there is no _int_tile, so these two are not compiled)
             y = ys[j]
             rows = y.shape[1]
             p1 = min(panels[j].shape[0], p0 + group)
-            for t in range(0, n, INT_MR):
-                m = min(INT_MR, n - t)
-                for p in range(p0, p1):
-                    r0 = p * NR
-                    nr = min(NR, rows - r0)
+            # A panel at a time, every token against it: the panel (12 KiB Q4_0, 24 Q8_0 at k=768) stays in L1
+            # while the activations stream from L2. Tokens outer, the task's 4 panels took turns in L1 and
+            # came from L2 each tile: bench/kernels int16, 2 alternating runs, q4_0 n=256 429-457 GFLOP/s
+            # against 446-472 now, n=2048 377-399 against 422-443, q8_0 n=2048 384-388 against 425-446;
+            # the 205 reference texts' matmuls (q4_0) 11.3-11.5 s against 10.8-10.9.
+            for p in range(p0, p1):
+                r0 = p * NR
+                nr = min(NR, rows - r0)
+                for t in range(0, n, INT_MR):
+                    m = min(INT_MR, n - t)
                     out, ot, oc = (y, t, r0) if nr == NR else (spill, 0, 0)
                     if nibbles:
                         _int_tile_nibbles(m, qx, dx, cx, t, panels[j][p], scales[j][p], n_blocks, out, ot, oc)
