@@ -812,11 +812,12 @@ def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
 # and against the float path: int8 min 0.99901 (q8_0) and 0.99926 (q4_0), int16 0.9999999 (both). int8 fails
 # the Q8_0 bar (mean 0.9997) and the numba-vs-numpy agreement (0.99999) for both types, like llama.cpp's own
 # int8 activations (0.99967 on Q8_0); int16 changes nothing measurable and is ~1.2-1.4x the outer design. On
-# this core vpdpwssd (32 multiply-adds) issues once a cycle where FMAs (16) issue twice, so int16 gains only
-# through skipping the float decode and packing half the bytes; on CPUs whose VNNI has the FMA's throughput
-# (Zen 4) it should gain more. Below 40 tokens the dot design stays (packing is not paid back). End to end,
-# python -m bench.run --quick, best of two runs each, synthetic / reference tokens per second: q4_0 482 / 471
-# with the outer design, 587 / 506 with int16; q8_0 467 / 469 -> 562 / 537.
+# this core vpdpwssd (32 multiply-adds) and the float FMA (16) both issue twice a cycle: a loop of 12
+# independent ones ran 7.5 G instructions/s on one core either way (2026-12-01), so the int16 tile's ceiling is
+# ~480 GOP/s a core; in cache it runs ~305-320 (its other instructions, the Q4_0 nibbles' unpacking and each
+# block's convert-scale-add, share the same two ports). End to end, when int16 came in: python -m bench.run
+# --quick, best of two runs each, synthetic / reference tokens per second: q4_0 482 / 471 with the outer design,
+# 587 / 506 with int16; q8_0 467 / 469 -> 562 / 537.
 #
 # int8 for Q4_0 weights only, measured again (2026-12-01, this 2-core Xeon, quiet): one layer q4_0 with int8
 # panels built straight from the blocks as int16's are, GFLOP/s wall, int8 / int16: n=1 31 / 22, n=18 278 / 197,
