@@ -1105,13 +1105,14 @@ if INT_DOT:
             switch.add_case(ir.Constant(m.type, mr), block)
             builder.position_at_end(block)
             # One pointer to the tile's dx and cx, [block][token], not one per token: with 18 row pointers
-            # (qx, dx, cx) the loop spilled ~150 of them a block to the stack and reloaded them, and the
-            # loads, not the vpdpwssd, set its pace. Tile alone, in cache: q4_0 255 -> 305 GOP/s a core,
+            # (qx, dx, cx) LLVM walked the rows by adding strides and moved vectors to and from the stack
+            # (30 stack moves and 16 address computations a block, against none and 7 now), next to the 192
+            # vpdpwssd a block that share their ports. Tile alone, in cache: q4_0 255 -> 305 GOP/s a core,
             # q8_0 297 -> 320; bench/kernels int16 (2 alternating runs, wall): q4_0 n=18 / 256 / 2048
             # 314-322 / 416-417 / 385-410 -> 350-357 / 458 / 441, q8_0 292-307 / 412-426 / 387-418 -> 343-345 /
             # 452-463 / 431-445. 8 or 12 tokens a tile then spill vectors (12: 229-266 GOP/s a core).
             q_rows = [row(qx_a, builder.add(t0, c64(a)), i8) for a in range(mr)]
-            group = builder.udiv(t0, c64(INT_MR))  # t0 starts one (see quantize_activations)
+            group = builder.udiv(t0, c64(INT_MR))  # t0 is a group's first token (see quantize_activations)
             d_group, c_group = row(dx_a, group, f32), row(cx_a, group, i32)
             sums = [[cgutils.alloca_once_value(builder, ir.Constant(vf, [0.0] * 16)) for _ in range(nv)] for _ in range(mr)]
             with cgutils.for_range(builder, n_blocks) as loop:
@@ -1153,9 +1154,10 @@ if INT_DOT:
 
     @intrinsic
     def _int_tile(typingctx, m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc):
-        """y[yt + a, yc:yc + NR] = sum over blocks b of (scales[b] * dx[t0 + a, b]) * (packed block b . qx[t0 + a]
-        block b + cx[t0 + a, b]), for a < m <= INT_MR: one panel (see _pack_panels), int8 qx with 4 bytes of each
-        row a step, int16 qx with 2; scales float16 bits [block][row]; no bounds checks."""
+        """y[yt + a, yc:yc + NR] = sum over blocks b of (scales[b] * dx_b) * (packed block b . qx[t0 + a] block b
+        + cx_b), dx_b and cx_b token t0 + a's for block b, for a < m <= INT_MR: one panel (see _pack_panels), int8
+        qx with 4 bytes of each row a step, int16 qx with 2; dx and cx in quantize_activations' groups of tokens
+        (t0 a multiple of INT_MR); scales float16 bits [block][row]; no bounds checks."""
         if not (isinstance(qx, types.Array) and qx.dtype in (types.int8, types.int16)):
             return None
         return types.void(m, qx, dx, cx, t0, packed, scales, n_blocks, y, yt, yc), _int_tile_codegen
