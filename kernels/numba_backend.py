@@ -15,6 +15,10 @@ second thread pool.
 
 Integer activations: int8 (ggml's Q8_0 activation blocks, vpdpbusd) would be twice the float speed here but
 fails the accuracy bars; int16 keeps them (the numbers are above the integer kernels).
+
+attention: per block of 32 query positions, scores, softmax and mix with the outer-product tile (float32); on
+CPUs with AMX tiles, sequences from amx_attention.MIN_LENGTH tokens on take both products on the tiles instead
+(bfloat16 in three terms: kernels/amx_attention.py).
 """
 from __future__ import annotations
 
@@ -1904,15 +1908,20 @@ def attention(q, k, v, scale, radius, out=None) -> np.ndarray:
     check_in_place(out, q)
     if length == 0:
         return out
+    radius = -1 if radius is None else int(radius)
+    if amx_attention.takes(length, d):  # ~2x faster from 256 tokens on (the numbers are in amx_attention)
+        return amx_attention.attention(q, k, v, scale, radius, out)
     n_kv = k.shape[1]
     keys = np.empty((n_kv, -(-length // NR), d * NR), np.float32)
     values = np.empty((n_kv, -(-d // NR), keys.shape[1] * NR * NR), np.float32)
     _compiled(_pack_keys_values)(k, v, keys, values)
     n_tasks = n_kv * -(-length // ATTENTION_BLOCK)
-    radius = -1 if radius is None else int(radius)
     threads = _threads(n_tasks)
     if threads > 1:
         _compiled(_attention_parallel)(q, keys, values, np.float32(scale), radius, out, n_tasks, threads)
     else:
         _compiled(_attention_worker)(q, keys, values, np.float32(scale), radius, out, np.zeros(1, np.int64), n_tasks)
     return out
+
+
+from . import amx_attention  # noqa: E402 (it builds on this module's kernels)

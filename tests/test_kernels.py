@@ -393,7 +393,9 @@ ATTENTION_CASES = [(1, 3, 1, 16, None), (70, 3, 1, 64, None), (70, 3, 1, 64, 5),
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("length,n_heads,n_kv,d,radius", ATTENTION_CASES if not NO_JIT else ATTENTION_CASES[:3])
-def test_attention_matches_float64(backend, length, n_heads, n_kv, d, radius):
+def test_attention_matches_float64(backend, length, n_heads, n_kv, d, radius, monkeypatch):
+    if backend is numba_backend:  # the float design (the tiles' own test is below)
+        monkeypatch.setattr(numba_backend.amx_attention, "MIN_LENGTH", 1 << 62)
     rng = np.random.default_rng(length + d)
     q, k, v = (rng.standard_normal((length, h, d)).astype(np.float32) * 2 for h in (n_heads, n_kv, n_kv))
     got = backend.attention(q, k, v, d ** -0.5, radius)
@@ -403,6 +405,48 @@ def test_attention_matches_float64(backend, length, n_heads, n_kv, d, radius):
     in_place = q.copy()
     assert backend.attention(in_place, k, v, d ** -0.5, radius, out=in_place) is in_place
     np.testing.assert_array_equal(in_place, got)
+
+
+AMX_CASES = [(1, 3, 1, 32, None), (70, 3, 1, 64, 5), (300, 4, 2, 32, 40), (37, 2, 2, 64, 0), (600, 3, 1, 256, 512),
+             (250, 3, 1, 256, None)]
+
+
+@pytest.mark.skipif(numba_backend is None or not numba_backend.amx_attention.AVAILABLE,
+                    reason="needs Numba and a CPU with AMX tiles that Linux lends")
+@pytest.mark.parametrize("length,n_heads,n_kv,d,radius", AMX_CASES)
+def test_amx_attention_within_its_error_bound(length, n_heads, n_kv, d, radius, monkeypatch):
+    """The tiles' design (kernels/amx_attention.py) against float64, held to the bound its three-term bfloat16
+    products give: each product within 3 * 2^-16 of its value (plus float32 sums), so every score s within
+    delta = (3 * 2^-16 + d * 2^-24) * scale * max sum |q| |k|, which moves the softmax's weights by a factor
+    within e^(+-2 delta), and the weights times the values add 3 * 2^-16 max |v|. A wrong tile layout is off by
+    the size of the values."""
+    amx = numba_backend.amx_attention
+    monkeypatch.setattr(amx, "MIN_LENGTH", 0)
+    rng = np.random.default_rng(length + d)
+    q, k, v = (rng.standard_normal((length, h, d)).astype(np.float32) * 2 for h in (n_heads, n_kv, n_kv))
+    scale = d ** -0.5
+    got = numba_backend.attention(q, k, v, scale, radius)
+    group = n_heads // n_kv
+    sums = max((np.abs(q[:, h].astype(np.float64)) @ np.abs(k[:, h // group].astype(np.float64)).T).max() for h in range(n_heads))
+    delta = (3 * 2.0 ** -16 + d * 2.0 ** -24) * scale * sums
+    bound = (np.expm1(2 * delta) + 3 * 2.0 ** -16 + 2e-6) * np.abs(v).max()
+    error = np.abs(got - attention_float64(q, k, v, scale, radius)).max()
+    assert error <= bound, f"error {error:.3g} above the design's bound {bound:.3g}"
+    in_place = q.copy()
+    assert numba_backend.attention(in_place, k, v, scale, radius, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, got)
+
+
+@pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+def test_attention_takes_the_tiles_for_long_sequences():
+    amx = numba_backend.amx_attention
+    assert amx.takes(amx.MIN_LENGTH, 256) == amx.AVAILABLE
+    assert not amx.takes(amx.MIN_LENGTH - 1, 256) and not amx.takes(4 * amx.MIN_LENGTH, 48)
+    if amx.AVAILABLE:
+        rng = np.random.default_rng(3)
+        q, k, v = (rng.standard_normal((amx.MIN_LENGTH, h, 64)).astype(np.float32) for h in (3, 1, 1))
+        want = amx.attention(q, k, v, 0.125, 40, np.empty_like(q))
+        np.testing.assert_array_equal(numba_backend.attention(q, k, v, 0.125, 40), want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -560,12 +604,14 @@ CACHE_PROBE = """
     x = np.ones((40, 2, 64), np.float32)
     nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x)
     nb.add_rms_norm(x.copy(), x, np.ones(64, np.float32), 1e-6), nb.rms_norm_rope(x, np.ones(64, np.float32), 1e-6, x[:, 0, :32], x[:, 0, :32])
-    nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
+    long = np.ones((nb.amx_attention.MIN_LENGTH, 2, 64), np.float32)  # the tiles' design, where it runs
+    nb.attention(x, x[:, :1], x[:, :1], 0.1, 3), nb.attention(long, long[:, :1], long[:, :1], 0.1, 3)
     nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)  # the serial paths too: one task, one thread
     numba.set_num_threads(1)
     nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype), nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
+    nb.attention(long, long[:, :1], long[:, :1], 0.1, 3)
     hits = misses = 0
-    for kernel in [getattr(nb, name) for name in dir(nb)]:
+    for kernel in [getattr(module, name) for module in (nb, nb.amx_attention) for name in dir(module)]:
         if not isinstance(kernel, numba.core.registry.CPUDispatcher):
             continue
         hits += sum(kernel.stats.cache_hits.values())
