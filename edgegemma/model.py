@@ -21,14 +21,15 @@ MAX_TOKENS = 2048  # tokens through the layers at once (the model's context: a l
 Trace = Callable[[str, np.ndarray], None]  # receives named intermediates, for layer-by-layer comparisons
 
 
-def linear(x: np.ndarray, weight: Weight) -> np.ndarray:
-    """x @ W.T, with W's blocks as the kernels packed them at load (or where they lie in the file)."""
-    return kernels.matmul(x, weight.packed, weight.qtype)
+def linear(x: np.ndarray, weight: Weight, long_batch: bool = False) -> np.ndarray:
+    """x @ W.T, with W's blocks as the kernels packed them at load (or where they lie in the file); long_batch:
+    x is from sequences of at least kernels.LONG_SEQUENCE tokens (which may take a faster design)."""
+    return kernels.matmul(x, weight.packed, weight.qtype, long_batch)
 
 
-def linears(x: np.ndarray, *weights: Weight) -> list[np.ndarray]:
-    """[linear(x, W) for W in weights], the kernels sharing their work on x."""
-    return kernels.matmuls(x, [(w.packed, w.qtype) for w in weights])
+def linears(x: np.ndarray, *weights: Weight, long_batch: bool = False) -> list[np.ndarray]:
+    """[linear(x, W, long_batch) for W in weights], the kernels sharing their work on x."""
+    return kernels.matmuls(x, [(w.packed, w.qtype) for w in weights], long_batch)
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -81,21 +82,33 @@ class EmbeddingGemma:
     def forward(self, sequences: Sequence[Sequence[int]], trace: Trace | None = None) -> np.ndarray:
         """Token-id sequences -> (batch, hidden) sentence vectors, L2-normalised.
 
-        At most MAX_TOKENS tokens go through the layers at once (a longer batch runs as several, in order):
-        the activations take ~12 KiB a token at their peak (~17 with the numpy backend, which takes whole
-        batches), so this bounds them at ~24 MiB (~35) whatever the batch size, and costs nothing in speed
+        Sequences of at least kernels.LONG_SEQUENCE tokens go through the layers apart from shorter ones, and at
+        most MAX_TOKENS tokens at once (a longer batch runs as several):
+        the activations take ~14 KiB a token at their peak (~17 with the numpy backend, which takes whole
+        batches), so this bounds them at ~28 MiB (~35) whatever the batch size, and costs nothing in speed
         (a layer's weights are re-read once per 2,048 tokens)."""
         lengths = [len(s) for s in sequences]
-        if trace is None and sum(lengths) > MAX_TOKENS:
-            groups, start, total = [], 0, 0
-            for i, n in enumerate(lengths):
-                if total and total + n > MAX_TOKENS:
-                    groups.append((start, i))
-                    start, total = i, 0
-                total += n
-            groups.append((start, len(lengths)))
-            return np.concatenate([self._forward(sequences[a:b], None) for a, b in groups])
-        return self._forward(sequences, trace)
+        if trace is not None:
+            return self._forward(sequences, trace, long_batch=self._long(min(lengths, default=0)))
+        # Long and short sequences go separately: the kernels may multiply long ones another way (rounded
+        # differently), and a text's embedding must not depend on what it is batched with.
+        out = np.empty((len(sequences), self.config.hidden_size), np.float32)
+        for long_batch in (False, True):
+            chosen = [i for i, n in enumerate(lengths) if self._long(n) == long_batch]
+            start, total = 0, 0
+            for end, i in enumerate(chosen + [None]):
+                if i is None or (total and total + lengths[i] > MAX_TOKENS):
+                    group = chosen[start:end]
+                    if group:
+                        out[group] = self._forward([sequences[j] for j in group], None, long_batch)
+                    start, total = end, 0
+                if i is not None:
+                    total += lengths[i]
+        return out
+
+    @staticmethod
+    def _long(length: int) -> bool:
+        return 0 < kernels.LONG_SEQUENCE <= length
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         """The rows of the embedding table for token ids `ids`, as float32 (len(ids), hidden), unscaled."""
@@ -112,7 +125,7 @@ class EmbeddingGemma:
             x[hit] = w.exact_token_rows[at[hit]]
         return x
 
-    def _forward(self, sequences: Sequence[Sequence[int]], trace: Trace | None) -> np.ndarray:
+    def _forward(self, sequences: Sequence[Sequence[int]], trace: Trace | None, long_batch: bool) -> np.ndarray:
         c, w = self.config, self.weights
         lengths = [len(s) for s in sequences]
         ids = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=sum(lengths))
@@ -120,7 +133,7 @@ class EmbeddingGemma:
         bounds = np.cumsum([0] + lengths)
         note = trace or (lambda name, value: None)
         # Position-wise steps (norms, projections, feed-forward) go as many tokens at a time as the kernels work
-        # best with (256 with Numba: faster than the whole batch, and their intermediates stay small).
+        # best with (512 with Numba: faster than the whole batch, and their intermediates stay small).
         # A trace records whole intermediates.
         chunk = kernels.MATMUL_ROWS if trace is None else max(1, len(ids))
 
@@ -129,7 +142,7 @@ class EmbeddingGemma:
         x *= np.float32(np.sqrt(c.hidden_size))
         note("embeddings", x)
         for i, layer in enumerate(w.layers):
-            x = self._block(i, layer, x, positions, bounds, note, chunk)  # x is updated in place
+            x = self._block(i, layer, x, positions, bounds, note, chunk, long_batch)  # x is updated in place
             note(f"blk.{i}", x)
         x = rms_norm(x, w.output_norm, c.rms_norm_eps)
         note("output_norm", x)
@@ -148,15 +161,15 @@ class EmbeddingGemma:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
 
     def _block(self, i: int, layer: LayerWeights, x: np.ndarray, positions: np.ndarray, bounds: np.ndarray,
-               note: Trace, chunk: int) -> np.ndarray:
+               note: Trace, chunk: int, long_batch: bool) -> np.ndarray:
         c = self.config
         n, eps = x.shape[0], c.rms_norm_eps
         sliding = c.is_sliding(i)
         cos, sin = self.rope_local if sliding else self.rope_global
         heads, kv_heads, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         # The position-wise steps go `chunk` tokens at a time and x is added to in place: x, q, k and v are the
-        # only whole-batch arrays, attention writes over q, and in 256-token steps the activations' peak is
-        # ~12 KiB a token.
+        # only whole-batch arrays, attention writes over q, and in 512-token steps the activations' peak is
+        # ~14 KiB a token (28 MiB at 2,048 tokens, tracemalloc).
 
         # Attention: norm, project, q/k norms, rotate; attend per sequence; project back, norm, add.
         block = np.empty(n * (heads + 2 * kv_heads) * d, np.float32)  # q, k and v in one allocation
@@ -165,7 +178,7 @@ class EmbeddingGemma:
         for a, b in _spans(n, chunk):
             h = rms_norm(x[a:b], layer.attn_norm, eps)
             note(f"blk.{i}.attn_norm", h)  # the input of q, k and v
-            qc, kc, vc = linears(h, layer.attn_q, layer.attn_k, layer.attn_v)
+            qc, kc, vc = linears(h, layer.attn_q, layer.attn_k, layer.attn_v, long_batch=long_batch)
             rotate = cos[positions[a:b]], sin[positions[a:b]]
             norm_and_rotate(qc.reshape(b - a, heads, d), layer.attn_q_norm, eps, *rotate, out=q[a:b])
             norm_and_rotate(kc.reshape(b - a, kv_heads, d), layer.attn_k_norm, eps, *rotate, out=k[a:b])
@@ -176,17 +189,17 @@ class EmbeddingGemma:
         mixed = q.reshape(n, heads * d)
         note(f"blk.{i}.attn_out_in", mixed)
         for a, b in _spans(n, chunk):
-            add_normed(x[a:b], linear(mixed[a:b], layer.attn_output), layer.post_attention_norm, eps)
+            add_normed(x[a:b], linear(mixed[a:b], layer.attn_output, long_batch), layer.post_attention_norm, eps)
         del block, q, k, v, mixed
 
         # Feed-forward: norm, GeGLU (gelu-tanh gate times up), down, norm, add.
         for a, b in _spans(n, chunk):
             h = rms_norm(x[a:b], layer.ffn_norm, eps)
             note(f"blk.{i}.ffn_norm", h)  # the input of gate and up
-            g, up = linears(h, layer.ffn_gate, layer.ffn_up)
+            g, up = linears(h, layer.ffn_gate, layer.ffn_up, long_batch=long_batch)
             g = geglu(g, up)
             note(f"blk.{i}.ffn_down_in", g)
-            add_normed(x[a:b], linear(g, layer.ffn_down), layer.post_ffw_norm, eps)
+            add_normed(x[a:b], linear(g, layer.ffn_down, long_batch), layer.post_ffw_norm, eps)
         return x
 
 

@@ -4,6 +4,8 @@ needs besides. They know block formats and array shapes, not models.
     matmul(x, w, qtype)               x (n, k) float32 @ W.T -> (n, rows) float32
     matmuls(x, [(w, qtype), ...])     [matmul(x, w, qtype) for each], sharing the work on x where it can
     MATMUL_ROWS                       rows of x to hand matmul at a time when a caller splits a large batch
+    LONG_SEQUENCE                     from this length on, a sequence's rows may go to matmul(s) with
+                                      long_batch=True (a faster design where there is one); 0: no such design
     pack(w, qtype)                    W as matmul reads it fastest (the same values): for a weight used many times
     dequantize_rows(w, qtype, ids)    rows `ids` of W as float32 (len(ids), k): embedding lookup
     dequantize(w, qtype)              all of W as float32 (rows, k): small tensors and tests
@@ -57,6 +59,7 @@ matmul = _backend.matmul
 matmuls = _backend.matmuls
 pack = _backend.pack
 MATMUL_ROWS = _backend.MATMUL_ROWS
+LONG_SEQUENCE = _backend.LONG_SEQUENCE
 dequantize_rows = _backend.dequantize_rows
 dequantize = _backend.dequantize
 rms_norm = _backend.rms_norm
@@ -66,5 +69,5 @@ add_rms_norm = _backend.add_rms_norm
 rms_norm_rope = _backend.rms_norm_rope
 attention = _backend.attention
 
-__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "pack", "MATMUL_ROWS", "dequantize_rows", "dequantize", "rms_norm",
+__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "pack", "MATMUL_ROWS", "LONG_SEQUENCE", "dequantize_rows", "dequantize", "rms_norm",
            "gelu_tanh", "gelu_tanh_mul", "add_rms_norm", "rms_norm_rope", "attention"]

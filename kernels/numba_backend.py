@@ -17,8 +17,8 @@ Integer activations: int8 (ggml's Q8_0 activation blocks, vpdpbusd) would be twi
 fails the accuracy bars; int16 keeps them (the numbers are above the integer kernels).
 
 attention: per block of 32 query positions, scores, softmax and mix with the outer-product tile (float32); on
-CPUs with AMX tiles, sequences from amx_attention.MIN_LENGTH tokens on take both products on the tiles instead
-(bfloat16 in three terms: kernels/amx_attention.py).
+CPUs with AMX tiles, sequences from amx.MIN_LENGTH tokens on take both products on the tiles instead
+(bfloat16 in three terms: kernels/amx.py).
 """
 from __future__ import annotations
 
@@ -1527,9 +1527,11 @@ INT_TYPES = frozenset(INT_OFFSET) if INT_DOT else frozenset()  # the types the i
 INT_BITS = 16  # the integer design's activations: int16 (int8 fails the accuracy bars; the numbers are above)
 
 
-def matmul(x, w, qtype) -> np.ndarray:
+def matmul(x, w, qtype, long_batch=False) -> np.ndarray:
     """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes), or what pack made of
-    it: float32 (n, rows)."""
+    it: float32 (n, rows). long_batch: see matmuls."""
+    if long_batch and amx.takes_matmul([w]):
+        return amx.matmuls(x, [w], qtype)[0]
     n = np.shape(x)[0] if np.ndim(x) == 2 else 0
     # The integer design at every n: each row's result then depends on that row alone, so a text's
     # embedding does not change with what it is batched with (the dot design below 40 tokens would
@@ -1545,19 +1547,30 @@ def matmul(x, w, qtype) -> np.ndarray:
 
 # Rows of x a caller that splits its batch (to bound its memory) should hand matmul at a time. One layer alone,
 # weights and x hot in cache, the integer design is faster on more rows (q4_0: 222 GFLOP/s wall at 256, 274 at
-# 2,048); a whole forward pass is faster in 256-row steps, its norms, quantizing and matmuls then working in L2
-# (2,048 tokens, min of 3 runs, 2026-12-01: q4_0 2.00 s against 2.46 in one step, f32 2.81 against 3.12;
-# q4_0 through the float designs, as without VNNI, 3.20 against 2.81, medians 3.22 against 3.18).
-MATMUL_ROWS = 256
+# 2,048); a whole forward pass is faster in steps that keep its norms, quantizing and matmuls in L2 (2,048
+# tokens, min of 3 runs: q4_0 2.00 s in 256-row steps against 2.46 in one step, f32 2.81 against 3.12).
+# 512 rather than 256 since the AMX tiles' matmul, which makes its weight tiles once per call (2026-12-01, q4_0,
+# alternating runs, s: 205 reference texts, tiles 14.3-14.5 against 15.3-15.5 at 256; 64 synthetic documents
+# 7.6-7.7 against 8.4-8.9; without the tiles' matmul 15.0-15.9 against 15.6-16.9, and 9.2-9.7 against
+# 9.7-10.1); 1,024 was slower (synthetic 13.6 s: x and the weight tiles no longer fit in L2).
+MATMUL_ROWS = 512
 
 
-def matmuls(x, weights) -> list[np.ndarray]:
+def matmuls(x, weights, long_batch=False) -> list[np.ndarray]:
     """[x @ W.T for (W, qtype) in weights]: weights of one integer type share one activation quantizing and one
-    parallel launch (three kernels fewer a layer: ~50 us each of Python and thread wake-up, at 18 tokens)."""
+    parallel launch (three kernels fewer a layer: ~50 us each of Python and thread wake-up, at 18 tokens).
+
+    long_batch: x belongs to sequences of at least LONG_SEQUENCE tokens each, so packed Q8_0 / Q4_0 weights may
+    take the AMX tiles where the CPU has them (amx.matmuls: ~2x the integer design, rounded differently but no
+    less closely). A row's result then depends on the flag and that row alone: callers that want a text's
+    embedding independent of its batch decide the flag by the text's own length."""
     types_ = {int(qtype) for _, qtype in weights}
     if len(types_) == 1 and types_ <= INT_TYPES and 1 <= len(weights) <= SHARED:
-        return matmul_int_shared(x, [w for w, _ in weights], types_.pop(), INT_BITS)
-    return [matmul(x, w, qtype) for w, qtype in weights]
+        packed = [w for w, _ in weights]
+        if long_batch and amx.takes_matmul(packed):
+            return amx.matmuls(x, packed, types_.pop())
+        return matmul_int_shared(x, packed, types_.pop(), INT_BITS)
+    return [matmul(x, w, qtype, long_batch) for w, qtype in weights]
 
 
 def pack(w, qtype):
@@ -1909,8 +1922,8 @@ def attention(q, k, v, scale, radius, out=None) -> np.ndarray:
     if length == 0:
         return out
     radius = -1 if radius is None else int(radius)
-    if amx_attention.takes(length, d):  # ~2x faster from 256 tokens on (the numbers are in amx_attention)
-        return amx_attention.attention(q, k, v, scale, radius, out)
+    if amx.takes(length, d):  # ~2x faster from 256 tokens on (the numbers are in amx)
+        return amx.attention(q, k, v, scale, radius, out)
     n_kv = k.shape[1]
     keys = np.empty((n_kv, -(-length // NR), d * NR), np.float32)
     values = np.empty((n_kv, -(-d // NR), keys.shape[1] * NR * NR), np.float32)
@@ -1924,4 +1937,8 @@ def attention(q, k, v, scale, radius, out=None) -> np.ndarray:
     return out
 
 
-from . import amx_attention  # noqa: E402 (it builds on this module's kernels)
+from . import amx  # noqa: E402 (it builds on this module's kernels)
+
+# Sequences from this many tokens on take the AMX tiles where the CPU has them: attention by each sequence's
+# length, the matmuls when the caller says so (matmuls' long_batch). 0 where there are no tiles: one design.
+LONG_SEQUENCE = amx.MIN_LENGTH if amx.AVAILABLE else 0

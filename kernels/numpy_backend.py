@@ -76,8 +76,9 @@ def dequantize_rows(w, qtype, row_ids) -> np.ndarray:
     return out
 
 
-def matmul(x, w, qtype) -> np.ndarray:
-    """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows)."""
+def matmul(x, w, qtype, long_batch=False) -> np.ndarray:
+    """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows).
+    (long_batch lets the numba backend pick another design; here there is one.)"""
     w, rows, k = weight_bytes(w, qtype)
     x = activations(x, k, block_format(qtype)[0])
     if int(qtype) == F32:
@@ -98,9 +99,10 @@ def matmul(x, w, qtype) -> np.ndarray:
 # once, so the more rows share it the better (8 synthetic documents, ~2,048 tokens, in 256-row steps: 5.1-5.4 s,
 # against 3.8 s in one).
 MATMUL_ROWS = 4096
+LONG_SEQUENCE = 0  # one design for every length here (the numba backend's long sequences may take other ones)
 
 
-def matmuls(x, weights) -> list[np.ndarray]:
+def matmuls(x, weights, long_batch=False) -> list[np.ndarray]:
     """[x @ W.T for (W, qtype) in weights] (the numba backend shares the work on x between them)."""
     return [matmul(x, w, qtype) for w, qtype in weights]
 

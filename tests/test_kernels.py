@@ -243,6 +243,47 @@ def test_int_matmul_against_numpy(bits, qtype, rows, k):
         np.testing.assert_allclose(y, numpy_backend.matmul(x, raw, qtype), rtol=0, atol=(0.02 if bits == 8 else 1e-4) * np.abs(y).max())
 
 
+needs_tiles = pytest.mark.skipif(numba_backend is None or not numba_backend.amx.AVAILABLE,
+                                 reason="needs Numba and a CPU with AMX tiles that Linux lends")
+
+
+@needs_tiles
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,k", INT_SHAPES)
+def test_tile_matmul_within_its_error_bound(qtype, rows, k):
+    """The tiles' matmul (long batches) against float64, value by value: each product of a bfloat16 hi + lo
+    activation and weight is within 3 * 2^-16 of its value, and float32 sums add k * 2^-24, so
+    |error| <= (3 * 2^-16 + k * 2^-24) * sum |x| |w|. Weights packed as the model packs them, several
+    sharing the activations."""
+    raw = [stored(weights(rows, k, seed=16 + i), qtype) for i in range(2)]
+    packed = [numba_backend.pack(w, qtype) for w in raw]
+    assert numba_backend.amx.takes_matmul(packed)
+    rng = np.random.default_rng(17)
+    for n in INT_NS:
+        x = rng.standard_normal((n, k)).astype(np.float32)
+        x[0, :32] *= 50.0
+        got = numba_backend.matmuls(x, [(w, qtype) for w in packed], long_batch=True)
+        for y, w in zip(got, raw):
+            w_float = numpy_backend.dequantize(w, qtype).astype(np.float64)
+            assert y.dtype == np.float32 and y.shape == (n, rows) and y.flags.c_contiguous
+            bound = (3 * 2.0 ** -16 + k * 2.0 ** -24) * (np.abs(x.astype(np.float64)) @ np.abs(w_float).T)
+            error = np.abs(y - x.astype(np.float64) @ w_float.T)
+            assert (error <= bound).all(), f"n={n}: error {error.max():.3g} where the bound is {bound.min():.3g} or more"
+        single = numba_backend.matmul(x, packed[0], qtype, long_batch=True)
+        np.testing.assert_array_equal(single, got[0])  # a row's result does not depend on its company
+
+
+@needs_int
+def test_long_batch_takes_the_tiles_only_for_packed_weights():
+    raw = stored(weights(40, 64, seed=18), T.Q8_0)
+    x = np.random.default_rng(19).standard_normal((5, 64)).astype(np.float32)
+    packed = numba_backend.pack(raw, T.Q8_0)
+    assert numba_backend.amx.takes_matmul([packed]) == numba_backend.amx.AVAILABLE
+    assert not numba_backend.amx.takes_matmul([raw])
+    np.testing.assert_array_equal(numba_backend.matmul(x, raw, T.Q8_0, long_batch=True), numba_backend.matmul(x, raw, T.Q8_0))
+    assert numba_backend.LONG_SEQUENCE == (numba_backend.amx.MIN_LENGTH if numba_backend.amx.AVAILABLE else 0)
+
+
 @needs_int
 def test_int_matmul_takes_only_its_types():
     with pytest.raises(ValueError, match="Q8_0 and Q4_0 weights, not F16"):
@@ -395,7 +436,7 @@ ATTENTION_CASES = [(1, 3, 1, 16, None), (70, 3, 1, 64, None), (70, 3, 1, 64, 5),
 @pytest.mark.parametrize("length,n_heads,n_kv,d,radius", ATTENTION_CASES if not NO_JIT else ATTENTION_CASES[:3])
 def test_attention_matches_float64(backend, length, n_heads, n_kv, d, radius, monkeypatch):
     if backend is numba_backend:  # the float design (the tiles' own test is below)
-        monkeypatch.setattr(numba_backend.amx_attention, "MIN_LENGTH", 1 << 62)
+        monkeypatch.setattr(numba_backend.amx, "MIN_LENGTH", 1 << 62)
     rng = np.random.default_rng(length + d)
     q, k, v = (rng.standard_normal((length, h, d)).astype(np.float32) * 2 for h in (n_heads, n_kv, n_kv))
     got = backend.attention(q, k, v, d ** -0.5, radius)
@@ -411,16 +452,16 @@ AMX_CASES = [(1, 3, 1, 32, None), (70, 3, 1, 64, 5), (300, 4, 2, 32, 40), (37, 2
              (250, 3, 1, 256, None)]
 
 
-@pytest.mark.skipif(numba_backend is None or not numba_backend.amx_attention.AVAILABLE,
+@pytest.mark.skipif(numba_backend is None or not numba_backend.amx.AVAILABLE,
                     reason="needs Numba and a CPU with AMX tiles that Linux lends")
 @pytest.mark.parametrize("length,n_heads,n_kv,d,radius", AMX_CASES)
 def test_amx_attention_within_its_error_bound(length, n_heads, n_kv, d, radius, monkeypatch):
-    """The tiles' design (kernels/amx_attention.py) against float64, held to the bound its three-term bfloat16
+    """The tiles' design (kernels/amx.py) against float64, held to the bound its three-term bfloat16
     products give: each product within 3 * 2^-16 of its value (plus float32 sums), so every score s within
     delta = (3 * 2^-16 + d * 2^-24) * scale * max sum |q| |k|, which moves the softmax's weights by a factor
     within e^(+-2 delta), and the weights times the values add 3 * 2^-16 max |v|. A wrong tile layout is off by
     the size of the values."""
-    amx = numba_backend.amx_attention
+    amx = numba_backend.amx
     monkeypatch.setattr(amx, "MIN_LENGTH", 0)
     rng = np.random.default_rng(length + d)
     q, k, v = (rng.standard_normal((length, h, d)).astype(np.float32) * 2 for h in (n_heads, n_kv, n_kv))
@@ -439,7 +480,7 @@ def test_amx_attention_within_its_error_bound(length, n_heads, n_kv, d, radius, 
 
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
 def test_attention_takes_the_tiles_for_long_sequences():
-    amx = numba_backend.amx_attention
+    amx = numba_backend.amx
     assert amx.takes(amx.MIN_LENGTH, 256) == amx.AVAILABLE
     assert not amx.takes(amx.MIN_LENGTH - 1, 256) and not amx.takes(4 * amx.MIN_LENGTH, 48)
     if amx.AVAILABLE:
@@ -604,14 +645,14 @@ CACHE_PROBE = """
     x = np.ones((40, 2, 64), np.float32)
     nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x)
     nb.add_rms_norm(x.copy(), x, np.ones(64, np.float32), 1e-6), nb.rms_norm_rope(x, np.ones(64, np.float32), 1e-6, x[:, 0, :32], x[:, 0, :32])
-    long = np.ones((nb.amx_attention.MIN_LENGTH, 2, 64), np.float32)  # the tiles' design, where it runs
+    long = np.ones((nb.amx.MIN_LENGTH, 2, 64), np.float32)  # the tiles' design, where it runs
     nb.attention(x, x[:, :1], x[:, :1], 0.1, 3), nb.attention(long, long[:, :1], long[:, :1], 0.1, 3)
     nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)  # the serial paths too: one task, one thread
     numba.set_num_threads(1)
     nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype), nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
     nb.attention(long, long[:, :1], long[:, :1], 0.1, 3)
     hits = misses = 0
-    for kernel in [getattr(module, name) for module in (nb, nb.amx_attention) for name in dir(module)]:
+    for kernel in [getattr(module, name) for module in (nb, nb.amx) for name in dir(module)]:
         if not isinstance(kernel, numba.core.registry.CPUDispatcher):
             continue
         hits += sum(kernel.stats.cache_hits.values())

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import edgegemma
+import kernels
 from hf_forward import HFReference
 
 TEXTS = [
@@ -40,9 +41,37 @@ def test_packed_batch_equals_one_at_a_time(tiny):
     np.testing.assert_allclose(batched, alone, atol=2e-6)
 
 
-def test_chunks_of_tokens_give_the_same_embeddings(tiny, monkeypatch):
-    import kernels
+# Texts of kernels.LONG_SEQUENCE tokens or more (192 with AMX tiles), which may take other kernels than short
+# ones; within the tiny model's 256 positions.
+LONG_TEXTS = ["a long text about the tiny model " * 34, "pool the mean of every token " * 40]
 
+
+def long_texts(model) -> list[str]:
+    lengths = [len(ids) for ids in model.tokenize(LONG_TEXTS)]
+    assert all(max(kernels.LONG_SEQUENCE, 130) <= n <= model.config.max_position_embeddings for n in lengths), lengths
+    return LONG_TEXTS
+
+
+def test_long_texts_match_independent_forward(tiny):
+    model, reference = tiny
+    texts = long_texts(model)
+    ours = model.encode(texts)
+    theirs = np.stack([reference.embed(i) for i in model.tokenize(texts)])
+    cos = np.sum(ours * theirs, axis=1)
+    assert cos.min() >= 0.99999, cos
+
+
+@pytest.mark.parametrize("recipe", ["f32", "q8_0"])
+def test_long_and_short_texts_batched_equal_alone(recipe, tiny_gguf):
+    """Long texts go through the layers apart from short ones: in one batch, each gets what it gets alone."""
+    model = edgegemma.load(tiny_gguf(recipe))
+    texts = [*TEXTS[:2], *long_texts(model), *TEXTS[2:]]
+    batched = model.encode(texts, batch_size=len(texts))
+    alone = np.stack([model.encode(t) for t in texts])
+    np.testing.assert_allclose(batched, alone, atol=2e-6)
+
+
+def test_chunks_of_tokens_give_the_same_embeddings(tiny, monkeypatch):
     model, _ = tiny
     whole = model.encode(TEXTS, batch_size=len(TEXTS))
     monkeypatch.setattr(kernels, "MATMUL_ROWS", 7)  # chunks that cut through sequences
