@@ -1818,6 +1818,50 @@ def _softmax_unscaled(s):
     return np.float32(1.0) / total
 
 
+@_inner()
+def _attention_task(task, n_blocks, length, radius):
+    """Attention task -> (key/value head h, its positions start .. stop, the keys lo .. hi they can see)."""
+    h, block = task // n_blocks, task % n_blocks
+    start = block * ATTENTION_BLOCK
+    stop = min(length, start + ATTENTION_BLOCK)
+    lo, hi = (0, length) if radius < 0 else (max(0, start - radius), min(length, stop + radius))
+    return h, start, stop, lo, hi
+
+
+@_inner(fastmath=FAST)
+def _gather_queries(q, h, group, start, stop, scale, queries):
+    """A task's rows of queries: (position, head of h's group) pairs, the scale folded in."""
+    for p in range(start, stop):
+        for g in range(group):
+            src, dst = q[p, h * group + g], queries[(p - start) * group + g]
+            for i in range(src.size):
+                dst[i] = src[i] * scale
+
+
+@_inner(fastmath=FAST)
+def _softmax_rows(scores, n_rows, start, group, lo, hi, radius, first, width, inverse):
+    """Each row's softmax (_softmax_unscaled, 1 / sum into inverse) over the keys its position can see, the rest
+    of its `width` columns 0; column j holds key first + j."""
+    for row in range(n_rows):
+        pos = start + row // group
+        a, b = (lo, hi) if radius < 0 else (max(lo, pos - radius), min(hi, pos + radius + 1))
+        a, b = a - first, b - first
+        inverse[row] = _softmax_unscaled(scores[row, a:b])
+        scores[row, :a] = np.float32(0.0)
+        scores[row, b:width] = np.float32(0.0)
+
+
+@_inner(fastmath=FAST)
+def _scatter_outputs(mixed, inverse, out, h, group, start, stop):
+    """A task's rows of weights times values, each times its 1 / sum, into out's (position, head) rows."""
+    for p in range(start, stop):
+        for g in range(group):
+            row = (p - start) * group + g
+            src, dst, scale_row = mixed[row], out[p, h * group + g], inverse[row]
+            for i in range(dst.size):
+                dst[i] = src[i] * scale_row
+
+
 @_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d, f32_3d))
 def _pack_keys_values(k, v, keys, values):
     """keys[h, p] = keys p*NR ... p*NR + NR - 1 of head h packed as the outer kernel reads W (the NR keys' i-th
@@ -1867,37 +1911,19 @@ def _attention_worker(q, keys, values, scale, radius, out, counter, n_tasks):
         task = _claim(counter)
         if task >= n_tasks:
             break
-        h, block = task // n_blocks, task % n_blocks
-        start = block * ATTENTION_BLOCK
-        stop = min(length, start + ATTENTION_BLOCK)
-        lo, hi = (0, length) if radius < 0 else (max(0, start - radius), min(length, stop + radius))
+        h, start, stop, lo, hi = _attention_task(task, n_blocks, length, radius)
         p0, p1 = lo // NR, (hi + NR - 1) // NR  # the panels of keys holding [lo, hi)
         n_rows, width = (stop - start) * group, (p1 - p0) * NR
-        for p in range(start, stop):  # rows are (position, head of the group) pairs, the scale folded in
-            for g in range(group):
-                src, dst = q[p, h * group + g], queries[(p - start) * group + g]
-                for i in range(d):
-                    dst[i] = src[i] * scale
+        _gather_queries(q, h, group, start, stop, scale, queries)
         for p in range(p0, p1):
             for t in range(0, n_rows, MR):
                 _outer_tile(min(MR, n_rows - t), queries, t, keys[h, p], d, scores, t, (p - p0) * NR)
-        for row in range(n_rows):  # softmax over the keys this row's position can see; the rest weigh 0
-            pos = start + row // group
-            a, b = (lo, hi) if radius < 0 else (max(lo, pos - radius), min(hi, pos + radius + 1))
-            a, b = a - p0 * NR, b - p0 * NR
-            inverse[row] = _softmax_unscaled(scores[row, a:b])
-            scores[row, :a] = np.float32(0.0)
-            scores[row, b:width] = np.float32(0.0)
+        _softmax_rows(scores, n_rows, start, group, lo, hi, radius, p0 * NR, width, inverse)
         for c in range(values.shape[1]):
             panel = values[h, c, p0 * NR * NR:]
             for t in range(0, n_rows, MR):
                 _outer_tile(min(MR, n_rows - t), scores, t, panel, width, mixed, t, c * NR)
-        for p in range(start, stop):
-            for g in range(group):
-                row = (p - start) * group + g
-                src, dst, scale_row = mixed[row], out[p, h * group + g], inverse[row]
-                for i in range(d):
-                    dst[i] = src[i] * scale_row
+        _scatter_outputs(mixed, inverse, out, h, group, start, stop)
 
 
 @_jit(types.void(f32_3d_ro, f32_3d_ro, f32_3d_ro, types.float32, types.int64, f32_3d, types.int64, types.int64),
