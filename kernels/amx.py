@@ -577,6 +577,10 @@ def takes_matmul(weights) -> bool:
 
 def matmuls(x, weights, qtype) -> list[np.ndarray]:
     """[x @ W.T for W in weights] on the tiles: 1 to SHARED PackedWeights (takes_matmul) of type qtype sharing x."""
+    if not AVAILABLE:  # (a tile instruction would kill the process)
+        raise NotImplementedError("the tiles' matmul needs a CPU with AMX-BF16 that Linux lends (and Numba compiling)")
+    if not (takes_matmul(weights) and 1 <= len(weights) <= SHARED):
+        raise ValueError(f"the tiles' matmul takes 1 to {SHARED} Q8_0 / Q4_0 weights packed for the integer design")
     plan = _launch_plan(weights, int(qtype), 16)
     x = activations(x, plan.k, block_format(qtype)[0])
     n = x.shape[0]

@@ -282,6 +282,9 @@ def test_long_batch_takes_the_tiles_only_for_packed_weights():
     assert not numba_backend.amx.takes_matmul([raw])
     np.testing.assert_array_equal(numba_backend.matmul(x, raw, T.Q8_0, long_batch=True), numba_backend.matmul(x, raw, T.Q8_0))
     assert numba_backend.LONG_SEQUENCE == (numba_backend.amx.MIN_LENGTH if numba_backend.amx.AVAILABLE else 0)
+    refusal = (ValueError, "packed for the integer design") if numba_backend.amx.AVAILABLE else (NotImplementedError, "AMX")
+    with pytest.raises(refusal[0], match=refusal[1]):
+        numba_backend.amx.matmuls(x, [raw], T.Q8_0)
 
 
 @needs_int
@@ -642,6 +645,9 @@ CACHE_PROBE = """
         nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype)
         nb.dequantize_rows(w, qtype, [1])
         nb.matmul(np.ones((2, 64), np.float32), nb.pack(w, qtype), qtype)  # the integer design, packed, where it runs
+        wide = gguf.quants.quantize(np.ones((70, 64), np.float32), qtype)  # the tiles', where they run: 1 and 3 panels
+        nb.matmul(np.ones((2, 64), np.float32), nb.pack(w, qtype), qtype, long_batch=True)
+        nb.matmul(np.ones((2, 64), np.float32), nb.pack(wide, qtype), qtype, long_batch=True)
     x = np.ones((40, 2, 64), np.float32)
     nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x)
     nb.add_rms_norm(x.copy(), x, np.ones(64, np.float32), 1e-6), nb.rms_norm_rope(x, np.ones(64, np.float32), 1e-6, x[:, 0, :32], x[:, 0, :32])
