@@ -95,15 +95,8 @@ class EmbeddingGemma:
         out = np.empty((len(sequences), self.config.hidden_size), np.float32)
         for long_batch in (False, True):
             chosen = [i for i, n in enumerate(lengths) if self._long(n) == long_batch]
-            start, total = 0, 0
-            for end, i in enumerate(chosen + [None]):
-                if i is None or (total and total + lengths[i] > MAX_TOKENS):
-                    group = chosen[start:end]
-                    if group:
-                        out[group] = self._forward([sequences[j] for j in group], None, long_batch)
-                    start, total = end, 0
-                if i is not None:
-                    total += lengths[i]
+            for group in _batches(chosen, lengths, MAX_TOKENS):
+                out[group] = self._forward([sequences[j] for j in group], None, long_batch)
         return out
 
     @staticmethod
@@ -201,6 +194,19 @@ class EmbeddingGemma:
             note(f"blk.{i}.ffn_down_in", g)
             add_normed(x[a:b], linear(g, layer.ffn_down, long_batch), layer.post_ffw_norm, eps)
         return x
+
+
+def _batches(indices: list[int], lengths: list[int], limit: int):
+    """`indices` in order, in runs whose lengths sum to at most `limit` (a longer sequence alone)."""
+    group, total = [], 0
+    for i in indices:
+        if group and total + lengths[i] > limit:
+            yield group
+            group, total = [], 0
+        group.append(i)
+        total += lengths[i]
+    if group:
+        yield group
 
 
 def _spans(n: int, chunk: int):

@@ -77,7 +77,7 @@ from numba.extending import intrinsic, overload
 from llvmlite import ir
 
 from . import compiler_pages
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
+from .blocks import BF16, F16, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
 
 # ---------------------------------------------------------------------------------------------------------------
 # Compilation: explicit signatures, compiled once at import; cached on disk where a cache folder is writable.
