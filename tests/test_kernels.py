@@ -455,8 +455,7 @@ AMX_CASES = [(1, 3, 1, 32, None), (70, 3, 1, 64, 5), (300, 4, 2, 32, 40), (37, 2
              (250, 3, 1, 256, None)]
 
 
-@pytest.mark.skipif(numba_backend is None or not numba_backend.amx.AVAILABLE,
-                    reason="needs Numba and a CPU with AMX tiles that Linux lends")
+@needs_tiles
 @pytest.mark.parametrize("length,n_heads,n_kv,d,radius", AMX_CASES)
 def test_amx_attention_within_its_error_bound(length, n_heads, n_kv, d, radius, monkeypatch):
     """The tiles' design (kernels/amx.py) against float64, held to the bound its three-term bfloat16
