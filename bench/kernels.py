@@ -64,7 +64,7 @@ DESIGNS = {
     # integer dot products on the blocks' integers (AVX-512 VNNI; Q8_0, Q4_0), the weights packed once
     "numba int8": lambda x, w, qtype: numba_backend.matmul_int8(x, _packed(w, qtype, 8), qtype),
     "numba int16": lambda x, w, qtype: numba_backend.matmul_int16(x, _packed(w, qtype, 16), qtype),
-    # bfloat16 tile products in three terms (AMX), what long texts' tokens take
+    # bfloat16 tile products (AMX; x and W rounded to bfloat16), what long texts' tokens take
     "numba tiles": lambda x, w, qtype: numba_backend.amx.matmuls(x, [_packed(w, qtype, 16)], qtype)[0],
     "numba matmul()": _runtime,  # what the runtime calls: the pick per case
 }

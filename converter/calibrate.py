@@ -390,8 +390,8 @@ def collect(gguf_path: str | Path, texts: list[str], report: Callable[[str], Non
 
 def cache_key(src: Path, texts: list[str]) -> str:
     """The checkpoint's weights file (size, first and last MiB), the calibration texts, and the kernels that run
-    the float model: their last bits differ (numpy or Numba; AMX tiles' attention from kernels.LONG_SEQUENCE
-    tokens, where the CPU has them), and through GPTQ's rounding so would a file converted with statistics
+    the float model: their last bits differ (numpy or Numba; AMX tiles where the CPU has them, which
+    kernels.LONG_SEQUENCE tells), and through GPTQ's rounding so would a file converted with statistics
     from other kernels than a file converted afresh here (a tiny model's embeddings by 2e-5, when statistics
     from the float attention met the tiles')."""
     import kernels

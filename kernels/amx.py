@@ -1,27 +1,26 @@
 """The AMX tile designs (Intel Xeon since Sapphire Rapids), for numba_backend: attention's two products, for
-sequences from MIN_LENGTH tokens on, and the matmuls of such sequences' tokens (numba_backend.matmuls with
-long_batch).
+sequences from MIN_LENGTH tokens on, and the matmuls of long sequences' tokens (numba_backend.matmuls with
+long_batch, from LONG_SEQUENCE tokens).
 
-Every float32 operand x is split into two bfloat16s, hi = bf16(x) and lo = bf16(x - hi), both rounded to
-nearest: hi + lo is x within 2^-16 |x|. A product x y is then hi_x hi_y + hi_x lo_y + lo_x hi_y (lo_x lo_y,
-~2^-16 |x y|, is left out): three tile products (tdpbf16ps: 16 x 16 results from 32 pairs, exact products,
-float32 sums), where the float design issues one FMA a product.
+A tile product (tdpbf16ps) takes 16 x 16 results from 32 pairs of bfloat16s: exact products, float32 sums.
+Attention splits every float32 operand x into two bfloat16s, hi = bf16(x) and lo = bf16(x - hi), both rounded
+to nearest: hi + lo is x within 2^-16 |x|. A product x y is then hi_x hi_y + hi_x lo_y + lo_x hi_y (lo_x lo_y,
+~2^-16 |x y|, is left out): three tile products, where the float design issues one FMA a product. The matmul
+takes one: x and the weights rounded to bfloat16, as the weights' own quantization allows (see its section).
 
     queries x keys:     A = queries' hi or lo [16 rows][32 features]; B = keys, [16 feature pairs][16 keys][2]
     weights x values:   A = the softmax's weights' hi or lo [16 rows][32 keys]; B = values, [16 key pairs][16
                         features][2]
-    x @ W.T:            A = x's hi or lo [16 tokens][32 values]; B = the weights d * q of a panel of 32 rows,
-                        [16 value pairs][16 rows][2], made from the integer design's packed panel by the task
-                        that takes it (as many bytes as the blocks stay in memory)
+    x @ W.T:            A = bf16(x) [16 tokens][32 values]; B = bf16(d * q) of a panel of 32 rows, [16 value
+                        pairs][16 rows][2], made from the integer design's packed panel by the task that takes
+                        it (as many bytes as the blocks stay in memory)
 
 The float32 softmax between the attention products is numba_backend's. Linux lends a process the tile registers
 only once it asks (arch_prctl ARCH_REQ_XCOMP_PERM); AVAILABLE says whether this CPU has the tiles, Numba
 compiles, and Linux agreed.
 
-The price is the split's rounding: each product within 3 * 2^-16 of its value, where float32's FMA is within
-2^-24; no more than the int16 activation blocks of the integer matmuls cost (2^-16 of a block's largest value,
-so the tiles' matmul is the closer of the two: ~4e-6 of the largest result against ~2e-5, one layer).
-One tile product (16 x 16 results of 32 pairs) issues every 16 cycles: 32 keys times 16 query rows at d = 256
+Attention's price is the split's rounding: each product within 3 * 2^-16 of its value, where float32's FMA is
+within 2^-24. One tile product (16 x 16 results of 32 pairs) issues every 16 cycles: 32 keys times 16 query rows at d = 256
 are 48 of them, 768 cycles, against 8,192 FMAs, 4,096 cycles at two a cycle. In practice ~5-10 ns a product
 here (4.8 at best, operands in L1 or streaming from L2, 64-byte aligned).
 
@@ -167,11 +166,11 @@ def _bf16_parts(builder, x):
     return tuple(builder.trunc(builder.lshr(bits, splat(16)), ir.VectorType(ir.IntType(16), n)) for bits in (hi, lo))
 
 
-def _split_codegen(tiled: bool):
-    """codegen for (src, hi, lo, n, cols): see _split_block and _split_tiles."""
+def _split_codegen(tiled: bool, parts: int):
+    """codegen for (src, hi, lo, n, cols) or, parts = 1, (src, hi, n, cols): see _split_block and _round_tiles."""
     def codegen(context, builder, signature, args):
-        (src, src_stride), (hi, hi_stride), (lo, lo_stride), _, _ = _pointers(context, builder, signature, args)
-        n, cols = args[3], args[4]
+        (src, src_stride), *outs = _pointers(context, builder, signature, args)[:1 + parts]
+        n, cols = args[1 + parts], args[2 + parts]
         vf = ir.VectorType(ir.FloatType(), 16)
 
         def c64(v):
@@ -192,7 +191,7 @@ def _split_codegen(tiled: bool):
                 c = steps.index
                 source = builder.gep(src, [builder.add(builder.mul(r, src_stride), builder.mul(c, c64(64)))])
                 x = builder.load(builder.bitcast(source, vf.as_pointer()), align=4)
-                for half, base, stride in zip(_bf16_parts(builder, x), (hi, lo), (hi_stride, lo_stride)):
+                for half, (base, stride) in zip(_bf16_parts(builder, x), outs):
                     builder.store(half, builder.bitcast(at(base, stride, r, c, 32), half.type.as_pointer()), align=2)
         return context.get_dummy_value()
 
@@ -204,14 +203,14 @@ def _split_block(typingctx, src, hi, lo, n, cols):
     """hi[r, :cols], lo[r, :cols] = the bfloat16 split of src[r, :cols] for r < n (each rounded to nearest, ties to
     even, by integer arithmetic on the bits); cols a multiple of 16, 16 values a step (a scalar loop took a third
     of the tasks' time). Rows of src may be any distance apart, their values adjacent. No bounds checks."""
-    return types.void(src, hi, lo, n, cols), _split_codegen(False)
+    return types.void(src, hi, lo, n, cols), _split_codegen(False, 2)
 
 
 @intrinsic
-def _split_tiles(typingctx, src, hi, lo, n, cols):
-    """_split_block into A tiles: hi and lo [r / 16][32-value block][r % 16][32] (1 KiB a tile, in order), cols a
-    multiple of 32. No bounds checks."""
-    return types.void(src, hi, lo, n, cols), _split_codegen(True)
+def _round_tiles(typingctx, src, hi, n, cols):
+    """hi = bf16(src[:n, :cols]) (the hi of _split_block) as A tiles: [r / 16][32-value block][r % 16][32] (1 KiB a
+    tile, in order), cols a multiple of 32. No bounds checks."""
+    return types.void(src, hi, n, cols), _split_codegen(True, 1)
 
 
 @_inner()
@@ -424,24 +423,34 @@ def attention(q, k, v, scale, radius, out):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Matmul, y = x @ W.T, for Q8_0 / Q4_0 weights as numba_backend.pack laid them out for the integer design, in
-# batches of long sequences (the caller says so: see matmuls). A task takes one panel of 32 rows of W: it turns
-# the panel's integers times their block scales into B tiles, hi and lo ([block][rows 0-15, 16-31][16 value
-# pairs][16 rows][2]: the panel's own order), then multiplies every 16 tokens of x (split once a call) by them.
+# batches of long sequences (the caller says so: see matmuls). A task takes a group of panels of 32 rows of W: it
+# turns each panel's integers times their block scales into B tiles ([block][rows 0-15, 16-31][16 value pairs][16
+# rows][2]: the panel's own order), then multiplies every 32 tokens of x (rounded once a call) by them.
 #
-# Where its time goes (2026-12-01, one layer's gate and up, q4_0, 512 tokens, one thread): products 3.2 ms,
-# making the tiles 0.38, splitting x 0.12; ~10 ns a product, against 4.8 at best. Two limits, measured with a
-# loop of six loads and six products: with hi and lo of both operands the eight tiles hold two accumulators, so
-# every product needs a fresh 1 KiB tile (from L1 4.9 ns a product, from L2 6.6); and products of real values
-# run slower than of zeros (6.2 ns from L1, 8.3 from L2, random bfloat16s). One layer, 2 threads: 580-650
-# GOP/s against the integer design's 450-500 at 512 tokens, ~1.1x at 256.
+# One term, not attention's three: x and the weights d * q each rounded to bfloat16, so a product is within
+# 2^-8 of x w (sums in float32; numpy_backend's matmul with long_batch rounds alike, as the oracle). The
+# weights' own rounding is coarser (Q8_0: up to 2^-8 of a block's largest value; Q4_0: 2^-4), and the
+# embeddings kept their agreement with the reference (2026-12-02, 205 texts in document mode, the three-term
+# tiles from 192 tokens -> one term from 48: q8_0 mean 0.9999646 -> 0.9999614, q4_0 0.9899904 -> 0.9899880,
+# mixed 0.9924598 -> 0.9924570, the minima unchanged to 7 digits; each text within 4e-5 in cosine of before).
+# Attention keeps three terms: its operands are not quantized, and the softmax exponentiates its scores' errors.
+#
+# Why one term is ~2x three: the products issue ~10 ns each (4.8 at best: they wait on their operands' 1 KiB
+# tile loads, one a product with three terms, and run slower on real values than on zeros), and one term needs
+# a third of them and a load per product with two token tiles by two row tiles in the eight tiles (four
+# accumulators). One layer's matmuls, 2 threads, q4_0, GOP/s, three terms / one / the integer design: 32 tokens
+# -/383/391, 64 -/597/412, 128 -/767/429, 256 531/861/~460, 512 564/1143/450-500. Hence LONG_SEQUENCE.
+
+LONG_SEQUENCE = 48
+
 
 def _panel_tiles_codegen(nibbles: bool):
-    """codegen for (panel, scales, k, w_hi, w_lo): an int16-design panel (nibbles: Q4_0's two rows a byte, else
-    Q8_0's byte a value) and its float16 scales -> the weights d * q as B tiles of bfloat16 hi and lo."""
+    """codegen for (panel, scales, k, w): an int16-design panel (nibbles: Q4_0's two rows a byte, else Q8_0's
+    byte a value) and its float16 scales -> bf16(d * q) as B tiles."""
     offset = INT_OFFSET[Q4_0 if nibbles else Q8_0]
 
     def codegen(context, builder, signature, args):
-        (panel, _), (scales, _), _, (w_hi, _), (w_lo, _) = _pointers(context, builder, signature, args)
+        (panel, _), (scales, _), _, (w, _) = _pointers(context, builder, signature, args)
         i8, i32, f32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
         bytes_, ints, floats = ir.VectorType(i8, 32), ir.VectorType(i32, 32), ir.VectorType(f32, 32)
         each_twice = ir.Constant(ir.VectorType(i32, 32), [j // 2 for j in range(32)])  # a row's scale, both values
@@ -470,76 +479,82 @@ def _panel_tiles_codegen(nibbles: bool):
                 for g in range(2):
                     q = builder.sitofp(builder.sub(u[g], ir.Constant(ints, [offset] * 32)), floats)
                     row = builder.add(builder.mul(builder.add(builder.mul(b, c64(2)), c64(g)), c64(TILE_ROWS)), steps.index)
-                    for part, base in zip(_bf16_parts(builder, builder.fmul(q, d[g])), (w_hi, w_lo)):
-                        target = builder.gep(base, [builder.mul(row, c64(TILE_BYTES))])
-                        builder.store(part, builder.bitcast(target, part.type.as_pointer()), align=64)
+                    hi, _ = _bf16_parts(builder, builder.fmul(q, d[g]))
+                    target = builder.gep(w, [builder.mul(row, c64(TILE_BYTES))])
+                    builder.store(hi, builder.bitcast(target, hi.type.as_pointer()), align=64)
         return context.get_dummy_value()
 
     return codegen
 
 
 @intrinsic
-def _tiles_from_nibbles(typingctx, panel, scales, k, w_hi, w_lo):
+def _tiles_from_nibbles(typingctx, panel, scales, k, w):
     """A Q4_0 nibble panel's weights as B tiles (see _panel_tiles_codegen); no bounds checks."""
-    return types.void(panel, scales, k, w_hi, w_lo), _panel_tiles_codegen(True)
+    return types.void(panel, scales, k, w), _panel_tiles_codegen(True)
 
 
 @intrinsic
-def _tiles_from_bytes(typingctx, panel, scales, k, w_hi, w_lo):
+def _tiles_from_bytes(typingctx, panel, scales, k, w):
     """A Q8_0 byte panel's weights as B tiles (see _panel_tiles_codegen); no bounds checks."""
-    return types.void(panel, scales, k, w_hi, w_lo), _panel_tiles_codegen(False)
+    return types.void(panel, scales, k, w), _panel_tiles_codegen(False)
 
 
 @intrinsic
-def _tile_linear(typingctx, x_hi, x_lo, n_tiles, w_hi, w_lo, n_panels, y, yc):
-    """y[16 r .., yc + 32 p .. yc + 32 p + 32] = x rows 16 r .. 16 r + 15 times panel p's 32 rows, for r < n_tiles
-    and p < n_panels: x_hi, x_lo (tokens / 16, 16 k) bfloat16 bits as A tiles (_split_tiles); w_hi[p], w_lo[p]
-    panel p's B tiles. Token tiles outer:
-    a token tile's x (48 KiB at k = 768) stays in L1 and L2 while the panels take it, where panels outer streamed
-    all of x from L3 for every panel. No bounds checks."""
+def _tile_linear(typingctx, x, n_pairs, w, n_panels, y, yc):
+    """y[32 r .., yc + 32 p .. yc + 32 p + 32] = x rows 32 r .. 32 r + 31 times panel p's 32 rows, for r < n_pairs
+    and p < n_panels: x (tokens / 16, 16 k) bfloat16 bits as A tiles (_round_tiles); w[p] panel p's B tiles.
+    Tiles 0-3 accumulate tokens 0-15 and 16-31 by rows 0-15 and 16-31; 4 and 5 hold the two token tiles, 6 and 7
+    the two row tiles. Token tiles outer: their x (2 x 24 KiB at k = 768) stays in L1 and L2 while the panels
+    take it, where panels outer streamed all of x from L3 for every panel. No bounds checks."""
     def codegen(context, builder, signature, args):
-        (xh, x_stride), (xl, _), _, (wh, w_stride), (wl, _), _, (yp, y_stride), _ = _pointers(context, builder, signature, args)
-        n_tiles, n_panels, yc = args[2], args[5], args[7]
+        (xp, x_stride), _, (wp, w_stride), _, (yp, y_stride), _ = _pointers(context, builder, signature, args)
+        n_pairs, n_panels, yc = args[1], args[3], args[5]
         ops = _Tiles(builder)
         ops.configure()
         values = builder.extract_value(context.make_array(signature.args[0])(context, builder, args[0]).shape, 1)
-        k = builder.udiv(values, ir.Constant(_I64, TILE_ROWS))  # a row of x_hi: 16 tokens' k values
+        k = builder.udiv(values, ir.Constant(_I64, TILE_ROWS))  # a row of x: 16 tokens' k values
         row = ir.Constant(_I64, TILE_BYTES)
         tile_bytes = ir.Constant(_I64, TILE_ROWS * TILE_BYTES)
-        with cgutils.for_range(builder, n_tiles) as tiles:
-            r0 = builder.mul(tiles.index, ir.Constant(_I64, TILE_ROWS))
-            xh_r, xl_r = (builder.gep(a, [builder.mul(tiles.index, x_stride)]) for a in (xh, xl))
+        second_rows = ir.Constant(_I64, TILE_ROWS * TILE_BYTES)  # the panel's rows 16-31: the block's second B tile
+        with cgutils.for_range(builder, n_pairs) as pairs:
+            x_r = builder.gep(xp, [builder.mul(builder.mul(pairs.index, ir.Constant(_I64, 2)), x_stride)])
+            x_second = builder.gep(x_r, [x_stride])
             with cgutils.for_range(builder, n_panels) as panels:
                 p = panels.index
-                wh_p, wl_p = (builder.gep(a, [builder.mul(p, w_stride)]) for a in (wh, wl))
-                ops.zero(0)
-                ops.zero(1)
+                w_p = builder.gep(wp, [builder.mul(p, w_stride)])
+                for t in range(4):
+                    ops.zero(t)
                 with cgutils.for_range(builder, builder.udiv(k, ir.Constant(_I64, QB))) as blocks:
                     a = builder.mul(blocks.index, tile_bytes)
-                    b = builder.mul(blocks.index, ir.Constant(_I64, 2 * 2 * TILE_SIZE))  # bytes: the block's 2 B tiles
-                    ops.step(builder.gep(xh_r, [a]), builder.gep(xl_r, [a]), row, builder.gep(wh_p, [b]),
-                             builder.gep(wl_p, [b]), ir.Constant(_I64, 2 * TILE_SIZE))
+                    b = builder.gep(w_p, [builder.mul(blocks.index, ir.Constant(_I64, 2 * TILE_ROWS * TILE_BYTES))])
+                    ops.load(4, builder.gep(x_r, [a]), row)
+                    ops.load(5, builder.gep(x_second, [a]), row)
+                    ops.load(6, b, row)
+                    ops.load(7, builder.gep(b, [second_rows]), row)
+                    for c, (ta, tb) in enumerate(((4, 6), (4, 7), (5, 6), (5, 7))):
+                        ops.dot(c, ta, tb)
                 column = builder.add(yc, builder.mul(p, ir.Constant(_I64, NR)))
+                r0 = builder.mul(pairs.index, ir.Constant(_I64, 2 * TILE_ROWS))
                 out = builder.gep(yp, [builder.add(builder.mul(r0, y_stride), builder.mul(column, ir.Constant(_I64, 4)))])
-                ops.store(0, out, y_stride)
-                ops.store(1, builder.gep(out, [row]), y_stride)
+                out_second = builder.gep(out, [builder.mul(ir.Constant(_I64, TILE_ROWS), y_stride)])
+                for c, at in enumerate((out, builder.gep(out, [row]), out_second, builder.gep(out_second, [row]))):
+                    ops.store(c, at, y_stride)
         ops.release()
         return context.get_dummy_value()
 
-    return types.void(x_hi, x_lo, n_tiles, w_hi, w_lo, n_panels, y, yc), codegen
+    return types.void(x, n_pairs, w, n_panels, y, yc), codegen
 
 
 u16_rows = types.uint16[:, ::1]
 
 
-@_jit(types.void(u16_rows, u16_rows, _u8_panels, _u16_scales, _f32_outputs, i64_vec, i64_counter, types.int64,
-                 types.boolean))
-def _linear_worker(x_hi, x_lo, panels, scales, ys, task_starts, counter, group, nibbles):
+@_jit(types.void(u16_rows, _u8_panels, _u16_scales, _f32_outputs, i64_vec, i64_counter, types.int64, types.boolean))
+def _linear_worker(x, panels, scales, ys, task_starts, counter, group, nibbles):
     """Claim tasks until none are left; a task is `group` panels of one weight (see numba_backend._task_panels),
     made B tiles, then every token times them."""
-    k = x_hi.shape[1] // TILE_ROWS
-    n_tiles = x_hi.shape[0]  # x_hi, x_lo: a row of A tiles per 16 tokens
-    w_hi, w_lo = _scratch(group, k * NR, np.uint16), _scratch(group, k * NR, np.uint16)
+    k = x.shape[1] // TILE_ROWS
+    n_pairs = x.shape[0] // 2  # x: a row of A tiles per 16 tokens, an even number of them
+    w = _scratch(group, k * NR, np.uint16)
     end = task_starts[SHARED]
     while True:
         task = _claim(counter)
@@ -549,31 +564,31 @@ def _linear_worker(x_hi, x_lo, panels, scales, ys, task_starts, counter, group, 
         p1 = min(panels[j].shape[0], p0 + group)
         for p in range(p0, p1):
             if nibbles:
-                _tiles_from_nibbles(panels[j][p], scales[j][p], k, w_hi[p - p0:], w_lo[p - p0:])
+                _tiles_from_nibbles(panels[j][p], scales[j][p], k, w[p - p0:])
             else:
-                _tiles_from_bytes(panels[j][p], scales[j][p], k, w_hi[p - p0:], w_lo[p - p0:])
-        _tile_linear(x_hi, x_lo, n_tiles, w_hi, w_lo, p1 - p0, ys[j], p0 * NR)
+                _tiles_from_bytes(panels[j][p], scales[j][p], k, w[p - p0:])
+        _tile_linear(x, n_pairs, w, p1 - p0, ys[j], p0 * NR)
 
 
-@_jit(types.void(u16_rows, u16_rows, _u8_panels, _u16_scales, _f32_outputs, i64_vec, types.int64, types.boolean,
-                 types.int64), parallel=True, calls=(_linear_worker,))
-def _linear_parallel(x_hi, x_lo, panels, scales, ys, task_starts, group, nibbles, n_workers):
+@_jit(types.void(u16_rows, _u8_panels, _u16_scales, _f32_outputs, i64_vec, types.int64, types.boolean, types.int64),
+      parallel=True, calls=(_linear_worker,))
+def _linear_parallel(x, panels, scales, ys, task_starts, group, nibbles, n_workers):
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):
-        _linear_worker(x_hi, x_lo, panels, scales, ys, task_starts, counter, group, nibbles)
+        _linear_worker(x, panels, scales, ys, task_starts, counter, group, nibbles)
 
 
-@_jit(types.void(f32_rows_ro, u16_rows, u16_rows), parallel=True)
-def _split_activations(x, x_hi, x_lo):
-    """x_hi, x_lo = x split into bfloat16 hi and lo as A tiles (_split_tiles), zeros in the rows past x's; a
-    row of A tiles (16 tokens) a task. (On one thread it was ~7 % of a long batch's matmuls, the other idle.)"""
+@_jit(types.void(f32_rows_ro, u16_rows), parallel=True)
+def _round_activations(x, tiles):
+    """tiles = bf16(x) as A tiles (_round_tiles), zeros in the rows past x's; a row of A tiles (16 tokens) a task.
+    (On one thread it was ~7 % of a long batch's matmuls, the other idle.)"""
     n, k = x.shape
-    for t in prange(x_hi.shape[0]):
+    for t in prange(tiles.shape[0]):
         r0, r1 = t * TILE_ROWS, min(n, (t + 1) * TILE_ROWS)
-        if r1 - r0 < TILE_ROWS:  # the part-filled tile: zeros where x has no rows
-            x_hi[t] = 0
-            x_lo[t] = 0
-        _split_tiles(x[r0:r1], x_hi[t:t + 1], x_lo[t:t + 1], r1 - r0, k)
+        if r1 - r0 < TILE_ROWS:  # a part-filled tile or one past x: zeros where x has no rows
+            tiles[t] = 0
+        if r1 > r0:
+            _round_tiles(x[r0:r1], tiles[t:t + 1], r1 - r0, k)
 
 
 def takes_matmul(weights) -> bool:
@@ -591,16 +606,16 @@ def matmuls(x, weights, qtype) -> list[np.ndarray]:
     plan = _launch_plan(weights, int(qtype), 16)
     x = activations(x, plan.k, block_format(qtype)[0])
     n = x.shape[0]
-    padded = -(-n // TILE_ROWS) * TILE_ROWS
+    padded = -(-n // (2 * TILE_ROWS)) * 2 * TILE_ROWS  # whole pairs of token tiles
     outputs = [_aligned((padded, w.panels.shape[0] * NR), np.float32) for w in weights]
     if n and plan.n_panels:
-        x_hi, x_lo = (_aligned((padded // TILE_ROWS, TILE_ROWS * plan.k), np.uint16) for _ in range(2))  # A tiles
-        _compiled(_split_activations)(_read_only(x), x_hi, x_lo)
+        tiles = _aligned((padded // TILE_ROWS, TILE_ROWS * plan.k), np.uint16)
+        _compiled(_round_activations)(_read_only(x), tiles)
         ys = tuple(outputs) + (np.empty((0, 0), np.float32),) * (SHARED - len(outputs))
         if plan.threads > 1:
-            _compiled(_linear_parallel)(x_hi, x_lo, plan.panels, plan.scales, ys, plan.task_starts, plan.group,
+            _compiled(_linear_parallel)(tiles, plan.panels, plan.scales, ys, plan.task_starts, plan.group,
                                         plan.nibbles, plan.threads)
         else:
-            _compiled(_linear_worker)(x_hi, x_lo, plan.panels, plan.scales, ys, plan.task_starts,
-                                      np.zeros(1, np.int64), plan.group, plan.nibbles)
+            _compiled(_linear_worker)(tiles, plan.panels, plan.scales, ys, plan.task_starts, np.zeros(1, np.int64),
+                                      plan.group, plan.nibbles)
     return [y[:n, :w.rows] if w.rows == y.shape[1] else np.ascontiguousarray(y[:n, :w.rows]) for y, w in zip(outputs, weights)]

@@ -18,7 +18,8 @@ fails the accuracy bars; int16 keeps them (the numbers are above the integer ker
 
 attention: per block of 32 query positions, scores, softmax and mix with the outer-product tile (float32); on
 CPUs with AMX tiles, sequences from amx.MIN_LENGTH tokens on take both products on the tiles instead
-(bfloat16 in three terms: kernels/amx.py).
+(bfloat16 in three terms: kernels/amx.py). Long sequences' Q8_0 / Q4_0 matmuls take the tiles too, in one
+bfloat16 term (matmuls' long_batch).
 """
 from __future__ import annotations
 
@@ -1561,8 +1562,8 @@ def matmuls(x, weights, long_batch=False) -> list[np.ndarray]:
     parallel launch (three kernels fewer a layer: ~50 us each of Python and thread wake-up, at 18 tokens).
 
     long_batch: x belongs to sequences of at least LONG_SEQUENCE tokens each, so packed Q8_0 / Q4_0 weights may
-    take the AMX tiles where the CPU has them (amx.matmuls: one layer ~1.3x the integer design at 512 tokens,
-    ~1.1x at 256; rounded differently but no less closely). A row's result then depends on the flag and that row alone: callers that want a text's
+    take the AMX tiles where the CPU has them (amx.matmuls: x and W rounded to bfloat16, one layer ~3x the
+    integer design at 512 tokens, ~1.2x at 48). A row's result then depends on the flag and that row alone: callers that want a text's
     embedding independent of its batch decide the flag by the text's own length."""
     types_ = {int(qtype) for _, qtype in weights}
     if len(types_) == 1 and types_ <= INT_TYPES and 1 <= len(weights) <= SHARED:
@@ -1965,6 +1966,7 @@ def attention(q, k, v, scale, radius, out=None) -> np.ndarray:
 
 from . import amx  # noqa: E402 (it builds on this module's kernels)
 
-# Sequences from this many tokens on take the AMX tiles where the CPU has them: attention by each sequence's
-# length, the matmuls when the caller says so (matmuls' long_batch). 0 where there are no tiles: one design.
-LONG_SEQUENCE = amx.MIN_LENGTH if amx.AVAILABLE else 0
+# Sequences from this many tokens on take the AMX tiles' matmul where the CPU has them, when the caller says so
+# (matmuls' long_batch; attention chooses by each sequence's length, from amx.MIN_LENGTH). 0 where there are no
+# tiles: one design.
+LONG_SEQUENCE = amx.LONG_SEQUENCE if amx.AVAILABLE else 0

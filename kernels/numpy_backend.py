@@ -76,11 +76,28 @@ def dequantize_rows(w, qtype, row_ids) -> np.ndarray:
     return out
 
 
+# long_batch: the numba backend's AMX tiles take long batches' Q8_0 / Q4_0 products in bfloat16 (x and W each
+# rounded to nearest, float32 sums: kernels/amx.py). Here the same rounding, so that this backend stays the
+# oracle of that arithmetic too. Its own callers never ask for it (LONG_SEQUENCE is 0): here it costs time and
+# buys nothing.
+BF16_TYPES = frozenset({Q8_0, Q4_0})
+
+
+def round_to_bf16(a) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32: a new array."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return rounded.view(np.float32)
+
+
 def matmul(x, w, qtype, long_batch=False) -> np.ndarray:
     """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows).
-    (long_batch lets the numba backend pick another design; here there is one.)"""
+    long_batch: Q8_0 / Q4_0 products in bfloat16, as the numba backend's tiles take them (see above)."""
     w, rows, k = weight_bytes(w, qtype)
     x = activations(x, k, block_format(qtype)[0])
+    in_bf16 = long_batch and int(qtype) in BF16_TYPES
+    if in_bf16:
+        x = round_to_bf16(x)
     if int(qtype) == F32:
         return x @ w.view(np.float32).T  # the stored rows are already float32: BLAS reads them in place
     y = np.empty((x.shape[0], rows), np.float32)
@@ -91,6 +108,8 @@ def matmul(x, w, qtype, long_batch=False) -> np.ndarray:
         r1 = min(rows, r0 + tile_rows)
         tile = scratch[: r1 - r0]
         decode(w[r0:r1], tile)
+        if in_bf16:
+            tile[...] = round_to_bf16(tile)
         np.matmul(x, tile.T, out=y[:, r0:r1])
     return y
 
@@ -99,12 +118,12 @@ def matmul(x, w, qtype, long_batch=False) -> np.ndarray:
 # once, so the more rows share it the better (8 synthetic documents, ~2,048 tokens, in 256-row steps: 5.1-5.4 s,
 # against 3.8 s in one).
 MATMUL_ROWS = 4096
-LONG_SEQUENCE = 0  # one design for every length here (the numba backend's long sequences may take other ones)
+LONG_SEQUENCE = 0  # one design for every length here (long_batch only mirrors the numba backend's tiles)
 
 
 def matmuls(x, weights, long_batch=False) -> list[np.ndarray]:
     """[x @ W.T for (W, qtype) in weights] (the numba backend shares the work on x between them)."""
-    return [matmul(x, w, qtype) for w, qtype in weights]
+    return [matmul(x, w, qtype, long_batch) for w, qtype in weights]
 
 
 def pack(w, qtype):

@@ -251,10 +251,10 @@ needs_tiles = pytest.mark.skipif(numba_backend is None or not numba_backend.amx.
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
 @pytest.mark.parametrize("rows,k", INT_SHAPES)
 def test_tile_matmul_within_its_error_bound(qtype, rows, k):
-    """The tiles' matmul (long batches) against float64, value by value: each product of a bfloat16 hi + lo
-    activation and weight is within 3 * 2^-16 of its value, and float32 sums add k * 2^-24, so
-    |error| <= (3 * 2^-16 + k * 2^-24) * sum |x| |w|. Weights packed as the model packs them, several
-    sharing the activations."""
+    """The tiles' matmul (long batches) against float64, value by value: each product of an activation and a
+    weight, both rounded to bfloat16 (2^-9 each), is within 2^-8 + 2^-18 of its value, and float32 sums add
+    k * 2^-24 of the rounded products, so |error| <= (2^-8 + 2^-18 + k * 2^-24 (1 + 2^-8)) * sum |x| |w|.
+    Weights packed as the model packs them, several sharing the activations."""
     raw = [stored(weights(rows, k, seed=16 + i), qtype) for i in range(2)]
     packed = [numba_backend.pack(w, qtype) for w in raw]
     assert numba_backend.amx.takes_matmul(packed)
@@ -266,9 +266,14 @@ def test_tile_matmul_within_its_error_bound(qtype, rows, k):
         for y, w in zip(got, raw):
             w_float = numpy_backend.dequantize(w, qtype).astype(np.float64)
             assert y.dtype == np.float32 and y.shape == (n, rows) and y.flags.c_contiguous
-            bound = (3 * 2.0 ** -16 + k * 2.0 ** -24) * (np.abs(x.astype(np.float64)) @ np.abs(w_float).T)
+            bound = (2.0 ** -8 + 2.0 ** -18 + k * 2.0 ** -24 * (1 + 2.0 ** -8)) * (np.abs(x.astype(np.float64)) @ np.abs(w_float).T)
             error = np.abs(y - x.astype(np.float64) @ w_float.T)
             assert (error <= bound).all(), f"n={n}: error {error.max():.3g} where the bound is {bound.min():.3g} or more"
+            # The numpy oracle rounds the same operands: only the float32 sums' order differs.
+            oracle = numpy_backend.matmul(x, w, qtype, long_batch=True)
+            x_b, w_b = (numpy_backend.round_to_bf16(a).astype(np.float64) for a in (x, w_float))
+            sums = 2 * k * 2.0 ** -24 * (np.abs(x_b) @ np.abs(w_b).T)
+            assert (np.abs(y - oracle) <= sums).all(), f"n={n}: {np.abs(y - oracle).max():.3g} from the oracle"
         single = numba_backend.matmul(x, packed[0], qtype, long_batch=True)
         np.testing.assert_array_equal(single, got[0])  # a row's result does not depend on its company
 
@@ -281,7 +286,7 @@ def test_long_batch_takes_the_tiles_only_for_packed_weights():
     assert numba_backend.amx.takes_matmul([packed]) == numba_backend.amx.AVAILABLE
     assert not numba_backend.amx.takes_matmul([raw])
     np.testing.assert_array_equal(numba_backend.matmul(x, raw, T.Q8_0, long_batch=True), numba_backend.matmul(x, raw, T.Q8_0))
-    assert numba_backend.LONG_SEQUENCE == (numba_backend.amx.MIN_LENGTH if numba_backend.amx.AVAILABLE else 0)
+    assert numba_backend.LONG_SEQUENCE == (numba_backend.amx.LONG_SEQUENCE if numba_backend.amx.AVAILABLE else 0)
     refusal = (ValueError, "packed for the integer design") if numba_backend.amx.AVAILABLE else (NotImplementedError, "AMX")
     with pytest.raises(refusal[0], match=refusal[1]):
         numba_backend.amx.matmuls(x, [raw], T.Q8_0)
@@ -757,3 +762,15 @@ def test_suite_passes_without_jit():
         env=env, capture_output=True, text=True, timeout=900, cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_round_to_bf16_is_nearest_with_ties_to_even():
+    """The rounding the tiles' matmul and its oracle share: to the nearest bfloat16 (float32's top 16 bits)."""
+    rng = np.random.default_rng(23)
+    a = (rng.standard_normal(10_000) * np.exp2(rng.integers(-60, 60, 10_000))).astype(np.float32)
+    r = numpy_backend.round_to_bf16(a)
+    assert r.dtype == np.float32 and not (r.view(np.uint32) & 0xFFFF).any()  # bfloat16 values
+    step = np.exp2(np.floor(np.log2(np.abs(a.astype(np.float64)))) - 7)  # a bfloat16's spacing at |a|
+    assert (np.abs(r.astype(np.float64) - a) <= step / 2).all()  # the nearest: within half a step
+    ties = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8)], np.float32)  # halfway: to the even one
+    np.testing.assert_array_equal(numpy_backend.round_to_bf16(ties), np.array([1, 1 + 2.0 ** -6, -1], np.float32))

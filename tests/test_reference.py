@@ -121,20 +121,33 @@ def test_model_card_example(real_gguf):
     np.testing.assert_allclose(sims, [0.3011, 0.6359, 0.4930, 0.4889], atol=0.002)
 
 
-def test_numba_and_numpy_backends_agree(real_gguf, reference):
+def test_numba_and_numpy_backends_agree(real_gguf, reference, monkeypatch):
+    """The numpy oracle against the compiled kernels, on every text, both ways the model runs: as it does here
+    (where the CPU has AMX tiles, long texts' Q8_0 / Q4_0 products in bfloat16, which numpy rounds alike), and
+    with every matmul in float32-exact designs (kernels.LONG_SEQUENCE 0)."""
     if kernels.BACKEND != "numba":
         pytest.skip("Numba is not the active backend here; nothing to compare")
-    model = edgegemma.load(real_gguf("q4_0"))
     prompt = reference["prompts"]["document"]
-    with_numba = embed(model, reference, "document")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in kernels.__all__:  # every kernel the model calls, and pack, which loading calls
-            if callable(getattr(numpy_backend, name, None)):
-                patch.setattr(kernels, name, getattr(numpy_backend, name))
-        with_numpy = edgegemma.load(real_gguf("q4_0")).encode(reference["texts"], prompt=prompt, batch_size=32)
-    cos = cosines(with_numba, with_numpy)
-    print(f"\nnumba vs numpy (q4_0, document): min cosine {cos.min():.7f}")
-    assert cos.min() >= 0.99999
+
+    def with_numpy():
+        with pytest.MonkeyPatch.context() as patch:
+            for name in kernels.__all__:  # every kernel the model calls, and pack, which loading calls
+                if callable(getattr(numpy_backend, name, None)):
+                    patch.setattr(kernels, name, getattr(numpy_backend, name))
+            return edgegemma.load(real_gguf("q4_0")).encode(reference["texts"], prompt=prompt, batch_size=32)
+
+    as_run = cosines(embed(edgegemma.load(real_gguf("q4_0")), reference, "document"), with_numpy())
+    exact = as_run
+    if kernels.LONG_SEQUENCE:
+        monkeypatch.setattr(kernels, "LONG_SEQUENCE", 0)
+        exact = cosines(edgegemma.load(real_gguf("q4_0")).encode(reference["texts"], prompt=prompt, batch_size=32),
+                        with_numpy())
+    print(f"\nnumba vs numpy (q4_0, document): min cosine {as_run.min():.7f} as run, {exact.min():.7f} in float32")
+    assert exact.min() >= 0.99999
+    # Rounding to bfloat16 turns the backends' float32-level differences (~1e-7) into bfloat16-level ones (2^-9
+    # an operand) as the layers go, each backend's as far from exact as the other's (each text within 4e-5 in
+    # cosine of the float32 designs, measured): 0.99998 measured between them.
+    assert as_run.min() >= 0.9999
 
 
 def resident_kib(address: int) -> int:
