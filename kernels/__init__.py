@@ -5,7 +5,8 @@ needs besides. They know block formats and array shapes, not models.
     matmuls(x, [(w, qtype), ...])     [matmul(x, w, qtype) for each], sharing the work on x where it can
     MATMUL_ROWS                       rows of x to hand matmul at a time when a caller splits a large batch
     LONG_SEQUENCE                     from this length on, a sequence's rows may go to matmul(s) with
-                                      long_batch=True (a faster design where there is one); 0: no such design
+                                      long_batch=True (a faster design where there is one: Q8_0 / Q4_0
+                                      products in bfloat16 on AMX tiles); 0: no such design
     pack(w, qtype)                    W as matmul reads it fastest (the same values): for a weight used many times
     dequantize_rows(w, qtype, ids)    rows `ids` of W as float32 (len(ids), k): embedding lookup
     dequantize(w, qtype)              all of W as float32 (rows, k): small tensors and tests

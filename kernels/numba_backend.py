@@ -1553,7 +1553,8 @@ def matmul(x, w, qtype, long_batch=False) -> np.ndarray:
 # 512 rather than 256 since the AMX tiles' matmul, which makes its weight tiles once per call (2026-12-01, q4_0,
 # alternating runs, s: 205 reference texts, tiles 14.3-14.5 against 15.3-15.5 at 256; 64 synthetic documents
 # 7.6-7.7 against 8.4-8.9; without the tiles' matmul 15.0-15.9 against 15.6-16.9, and 9.2-9.7 against
-# 9.7-10.1); 1,024 was slower (synthetic 13.6 s: x and the weight tiles no longer fit in L2).
+# 9.7-10.1); 1,024 was slower (synthetic 13.6 s: x and the weight tiles no longer fit in L2). Again with the
+# one-term tiles (2026-12-02, 64 synthetic documents, 2 alternating runs): 512 4.3-4.9 s, 256 5.1-5.3, 1,024 7.6-9.5.
 MATMUL_ROWS = 512
 
 

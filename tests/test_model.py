@@ -41,7 +41,7 @@ def test_packed_batch_equals_one_at_a_time(tiny):
     np.testing.assert_allclose(batched, alone, atol=2e-6)
 
 
-# Texts of kernels.LONG_SEQUENCE tokens or more (48 with AMX tiles; 130 for the tiles' attention), which take other kernels than short
+# Texts of kernels.LONG_SEQUENCE tokens or more (48 with AMX tiles), which take other kernels than short
 # ones; within the tiny model's 256 positions.
 LONG_TEXTS = ["a long text about the tiny model " * 34, "pool the mean of every token " * 40]
 
