@@ -1,7 +1,9 @@
 """One system in one fresh process: `python -m bench.worker SPEC.json RESULT.json` (run.py starts these).
 
 In this order: build the system and embed the short query (cold start = the parent's clock at spawn to
-the first embedding returned); stop there in "coldstart" mode. Otherwise: the query again `latency_calls`
+the first embedding returned); stop there in "coldstart" mode, or after the warm-up and reference documents in
+"prime" mode (run.py's untimed run, which fills the Numba cache with every kernel the workloads take: texts of
+each length, batches of each size). Otherwise: the query again `latency_calls`
 times (median; at least 5 calls but no more once 30 s have passed), a few documents to warm up, then each workload timed end to end, and the peak RSS of the
 whole process (VmHWM), so that every system's memory is measured alone, with its own imports.
 """
@@ -56,6 +58,9 @@ def main(spec_path: str, result_path: str) -> None:
               "load_s": t_loaded - t_spawn, "rss_after_first_mib": rss, "peak_rss_after_first_mib": peak,
               "dim": int(first.shape[-1])}
 
+    if spec["mode"] == "prime":
+        work = json.load(open(spec["workloads"], encoding="utf-8"))
+        encoder.documents(work["warmup"] + work["reference"])
     if spec["mode"] == "full":
         work = json.load(open(spec["workloads"], encoding="utf-8"))
         latencies, budget = [], time.perf_counter() + spec.get("latency_budget_s", 30.0)
