@@ -20,9 +20,9 @@ only once it asks (arch_prctl ARCH_REQ_XCOMP_PERM); AVAILABLE says whether this 
 compiles, and Linux agreed.
 
 Attention's price is the split's rounding: each product within 3 * 2^-16 of its value, where float32's FMA is
-within 2^-24. One tile product (16 x 16 results of 32 pairs) issues every 16 cycles: 32 keys times 16 query rows at d = 256
-are 48 of them, 768 cycles, against 8,192 FMAs, 4,096 cycles at two a cycle. In practice ~5-10 ns a product
-here (4.8 at best, operands in L1 or streaming from L2, 64-byte aligned).
+within 2^-24. One tile product (16 x 16 results of 32 pairs) issues every 16 cycles: 32 keys times 16 query
+rows at d = 256 are 48 of them, 768 cycles, against 8,192 FMAs, 4,096 cycles at two a cycle. In practice ~5-10
+ns a product here (4.8 at best, operands in L1 or streaming from L2, 64-byte aligned).
 
 Attention, measured (2026-12-01, this 2-core Xeon): the 205 reference texts' embeddings move by at most 1.2e-7
 in cosine (q4_0; q8_0 less), against the reference q4_0 0.98999 / 0.97158 and q8_0 0.99996 / 0.99983 (mean /
@@ -72,8 +72,9 @@ u16_3d = types.uint16[:, :, ::1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The tile code. Tiles 0 and 1 accumulate two 16 x 16 blocks of results, 2 and 3 hold the A operand's hi and lo,
-# 4 and 5 the first block's B hi and lo, 6 and 7 the second's.
+# The tile code. In attention's steps (_Tiles.step) tiles 0 and 1 accumulate two 16 x 16 blocks of results, 2 and
+# 3 hold the A operand's hi and lo, 4 and 5 the first block's B hi and lo, 6 and 7 the second's (the matmul's
+# one-term use of them is in _tile_linear).
 
 class _Tiles:
     """Emits the tile instructions into `builder`: LLVM's intrinsics that name tiles by number."""
