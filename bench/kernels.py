@@ -23,10 +23,10 @@ import sys
 import time
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # before numpy loads OpenBLAS: see kernels/__init__.py
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kernels import numba_backend, numpy_backend  # noqa: E402  (before numba: it sets Numba's CPU features)
-from kernels.blocks import BLOCK_FORMATS  # noqa: E402
+
+from edgegemma.kernels import numba_backend, numpy_backend  # noqa: E402  (before numba: it sets Numba's CPU features)
+from edgegemma.kernels.blocks import BLOCK_FORMATS  # noqa: E402
 
 import gguf  # noqa: E402
 import numpy as np  # noqa: E402

@@ -56,7 +56,7 @@ def model_files(types, folder: Path | None, hf: Path | None) -> dict[str, Path |
             if hf is None:
                 out[t] = f"no {path} and no checkpoint to convert (set EDGEGEMMA_HF_MODEL)"
                 continue
-            from converter import convert
+            from edgegemma.converter import convert
 
             folder.mkdir(parents=True, exist_ok=True)
             print(f"converting {hf} -> {path} ({t}) ...", file=sys.stderr, flush=True)

@@ -63,7 +63,7 @@ def build(system: System, gguf_path: str | None, hf_model: str | None, options: 
 
 def _edgegemma(system: System, path, _hf, _options) -> Encoder:
     import edgegemma
-    import kernels
+    from edgegemma import kernels
 
     if kernels.BACKEND != system.backend:
         raise RuntimeError(f"{system.id}: kernels chose backend {kernels.BACKEND!r}")

@@ -7,7 +7,7 @@
     quantize.py    ggml's block packers, bit for bit; the scale search; the error they introduce
     metadata.py    the file's metadata keys
     writer.py      stream it all into a GGUF file, atomically
-    cli.py         `edgegemma convert` / `python -m converter`
+    cli.py         `edgegemma convert` / `python -m edgegemma.converter`
 
 The runtime never imports this package; only the converter needs safetensors.
 """

@@ -1,4 +1,4 @@
-"""python -m converter SRC -o OUT --type T [--force]: the same command as `edgegemma convert`."""
+"""python -m edgegemma.converter SRC -o OUT --type T [--force]: the same command as `edgegemma convert`."""
 import sys
 
 from edgegemma.cli import main

@@ -394,7 +394,7 @@ def cache_key(src: Path, texts: list[str]) -> str:
     kernels.LONG_SEQUENCE tells), and through GPTQ's rounding so would a file converted with statistics
     from other kernels than a file converted afresh here (a tiny model's embeddings by 2e-5, when statistics
     from the float attention met the tiles')."""
-    import kernels
+    from edgegemma import kernels
 
     h = hashlib.sha256(f"v{CALIBRATION_VERSION} {kernels.BACKEND} {kernels.LONG_SEQUENCE}".encode())
     for f in sorted(Path(src).glob("**/model.safetensors")):

@@ -1,4 +1,4 @@
-"""`edgegemma convert` / `python -m converter`: run a conversion, turn bad input into one line and exit 1."""
+"""`edgegemma convert` / `python -m edgegemma.converter`: run a conversion, turn bad input into one line and exit 1."""
 from __future__ import annotations
 
 import argparse

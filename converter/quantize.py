@@ -23,7 +23,7 @@ Two quantizers choose the scales (`QUANTIZERS`, recorded in the file as edgegemm
             always a candidate, so no block ends up with more weighted error than ggml's.
 
 On top of these the writer offers the calibrated quantizers: imatrix (search, with the importance
-from converter.calibrate) and gptq (converter.gptq: the same scales, the values chosen by GPTQ).
+from edgegemma.converter.calibrate) and gptq (converter.gptq: the same scales, the values chosen by GPTQ).
 """
 from __future__ import annotations
 

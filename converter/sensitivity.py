@@ -1,6 +1,6 @@
 """Which tensors hurt most when quantized: swap one group into a type, keep the rest float, measure.
 
-    python -m converter.sensitivity F32.gguf [--type q4_0] [--quantizer imatrix|search|ggml] [--texts 16]
+    python -m edgegemma.converter.sensitivity F32.gguf [--type q4_0] [--quantizer imatrix|search|ggml] [--texts 16]
 
 For each group (one tensor kind across all layers; then all weights of four consecutive layers)
 the group's weights are quantized and decoded back to float32 in memory, the float model runs
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     from .calibrate import calibration_texts, importance
 
-    p = argparse.ArgumentParser(prog="python -m converter.sensitivity", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m edgegemma.converter.sensitivity", description=__doc__.splitlines()[0])
     p.add_argument("f32", help="an F32 GGUF of the checkpoint")
     p.add_argument("--checkpoint", default=str(Path.home() / ".cache/edgegemma/embeddinggemma-300m"))
     p.add_argument("--type", default="q4_0")

@@ -18,7 +18,7 @@ QUANTIZER_HELP = ("how Q4_0/Q8_0 blocks are filled: gptq (default: GPTQ error co
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from converter.cli import run  # the converter (and safetensors) load only for this command
+    from edgegemma.converter.cli import run  # the converter (and safetensors) load only for this command
 
     return run(args)
 

@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import kernels
-from kernels.blocks import row_indices
+from edgegemma import kernels
+from edgegemma.kernels.blocks import row_indices
 
 from .config import Config
 from .weights import LayerWeights, Weight, Weights

@@ -342,14 +342,14 @@ def _check_type(type_name: str) -> None:
     if importlib.util.find_spec("safetensors") is None:
         raise PullError("converting the checkpoint needs the safetensors package, which is not installed: "
                         "pip install safetensors  (or: pip install 'edgegemma[convert]')")
-    from converter.recipes import RECIPES
+    from edgegemma.converter.recipes import RECIPES
 
     if type_name not in RECIPES:
         raise PullError(f"unknown --type {type_name!r}; valid types: {', '.join(RECIPES)}")
 
 
 def _convert(ckpt: Path, target: Path, type_name: str, log: Log) -> None:
-    from converter import ConversionError, convert
+    from edgegemma.converter import ConversionError, convert
 
     # gguf.SpecialVocab warns about Gemma's tokenizer.json template (as `edgegemma convert` does, keep it quiet).
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)

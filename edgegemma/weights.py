@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-import kernels
+from edgegemma import kernels
 
 from . import formats as F
 from .config import Config

@@ -103,7 +103,7 @@ def test_string_arrays_read_as_gguf_reads_them(tiny_gguf):
 
 def test_embedding_rows_are_read_as_the_map_holds_them(model):
     """The lookup reads the table's rows with pread (GGUFFile.read_rows), not through the map: same rows."""
-    import kernels
+    from edgegemma import kernels
 
     table = model.model.weights.token_embd
     rows = np.array([0, 1, 2, 7, 100, table.shape[0] - 1])

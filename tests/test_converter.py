@@ -19,10 +19,10 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import PROMPTS, make_tiny_checkpoint
 import edgegemma
-from converter import writer as converter_writer
-from converter.calibrate import calibration_texts
-from converter.exact_rows import N_FREQUENT
-from converter.recipes import E4_Q8_TYPES, MIXED_TYPES, RECIPES, storage_type
+from edgegemma.converter import writer as converter_writer
+from edgegemma.converter.calibrate import calibration_texts
+from edgegemma.converter.exact_rows import N_FREQUENT
+from edgegemma.converter.recipes import E4_Q8_TYPES, MIXED_TYPES, RECIPES, storage_type
 from edgegemma import cli
 from edgegemma import formats as F
 
@@ -97,7 +97,7 @@ def test_tensors_read_back(recipe, tiny_checkpoint, tiny_gguf):
 def test_default_quantizer_files(recipe, tiny_checkpoint, tiny_gguf):
     """The default (gptq) file: the same types and block layout, read by gguf.quants, and for each
     tensor with calibration statistics less output error on the calibration inputs than ggml's rule."""
-    from converter.calibrate import statistics
+    from edgegemma.converter.calibrate import statistics
 
     calibration = statistics(tiny_checkpoint, report=lambda line: None)
     ours = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe)).tensors}

@@ -6,8 +6,8 @@ import pytest
 import gguf.quants
 from gguf import GGMLQuantizationType as T
 
-from converter import gptq
-from converter import quantize as Q
+from edgegemma.converter import gptq
+from edgegemma.converter import quantize as Q
 from edgegemma.formats import QUANT_TYPES
 
 BLOCK_TYPES = [QUANT_TYPES[T.Q4_0], QUANT_TYPES[T.Q8_0]]

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-import kernels
-from kernels import blocks, numpy_backend
+from edgegemma import kernels
+from edgegemma.kernels import blocks, numpy_backend
 
 try:
-    from kernels import numba_backend
+    from edgegemma.kernels import numba_backend
 except ImportError:  # Numba not installed: the numpy backend is still tested
     numba_backend = None
 
@@ -371,7 +371,7 @@ def test_float_fallback_equals_numpy(qtype, monkeypatch):
 
 FEATURE_PROBE = """
     import numpy as np, gguf
-    from kernels import numba_backend as nb, numpy_backend
+    from edgegemma.kernels import numba_backend as nb, numpy_backend
     rng = np.random.default_rng(0)
     worst = 0.0
     for qtype in (8, 2):
@@ -641,7 +641,7 @@ def test_unknown_backend_is_refused():
 
 CACHE_PROBE = """
     import numpy as np, gguf
-    from kernels import numba_backend as nb
+    from edgegemma.kernels import numba_backend as nb
     import numba
     for qtype in (0, 1, 30, 8, 2):
         w = gguf.quants.quantize(np.ones((3, 64), np.float32), qtype)

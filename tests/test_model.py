@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import edgegemma
-import kernels
+from edgegemma import kernels
 from hf_forward import HFReference
 
 TEXTS = [

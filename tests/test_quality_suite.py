@@ -80,7 +80,7 @@ def test_paired_bootstrap():
 
 
 def test_code_modules_are_not_calibration_texts():
-    from converter import calibrate
+    from edgegemma.converter import calibrate
 
     from bench.quality.tasks import CALIBRATION_MODULES, CODE_MODULES
 

@@ -6,7 +6,7 @@ import pytest
 import gguf.quants
 from gguf import GGMLQuantizationType as T
 
-from converter import quantize as Q
+from edgegemma.converter import quantize as Q
 from edgegemma.formats import QUANT_TYPES, QUANT_TYPES_BY_NAME
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # gguf.quants on inf/denormal blocks

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import edgegemma
-import kernels
-from kernels import numpy_backend
+from edgegemma import kernels
+from edgegemma.kernels import numpy_backend
 
 MODES = ("query", "document", "plain")
 KINDS_ORDER = ("query", "sentence", "paragraph", "code", "edge", "long")

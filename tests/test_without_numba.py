@@ -26,7 +26,7 @@ def test_tiny_model_suite_passes_without_numba(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
                EDGEGEMMA_INNER_RUN="1")
     env.pop("EDGEGEMMA_BACKEND", None)
-    probe = subprocess.run([sys.executable, "-c", "import kernels, edgegemma; print(kernels.BACKEND)"],
+    probe = subprocess.run([sys.executable, "-c", "from edgegemma import kernels; print(kernels.BACKEND)"],
                            env=env, capture_output=True, text=True, cwd=HERE.parent)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == "numpy"
