@@ -80,14 +80,14 @@ def test_paired_bootstrap():
 
 
 def test_code_modules_are_not_calibration_texts():
-    from edgegemma.converter import calibrate
+    from edgegemma.converter import calibration_texts
 
     from bench.quality.tasks import CALIBRATION_MODULES, CODE_MODULES
 
-    tree = ast.parse(inspect.getsource(calibrate._stdlib_texts))
+    tree = ast.parse(inspect.getsource(calibration_texts.stdlib_texts))
     calibrated = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert calibrated and calibrated <= set(CALIBRATION_MODULES)
-    assert "pydoc_data" in inspect.getsource(calibrate._reference_manual)
+    assert "pydoc_data" in inspect.getsource(calibration_texts.reference_manual)
     assert not {m.split(".")[0] for m in CODE_MODULES} & set(CALIBRATION_MODULES)
 
 
