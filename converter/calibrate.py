@@ -200,10 +200,11 @@ def cache_dir() -> Path:
     return cache.home() / "calibration"
 
 
-def statistics(src: str | Path, report: Callable[[str], None] = print, use_cache: bool = True) -> Calibration:
-    """The calibration statistics of the checkpoint folder `src`, from the cache or computed now."""
-    from .writer import convert
+def statistics(src: str | Path, write_float_model: Callable[[Path], None], report: Callable[[str], None] = print,
+               use_cache: bool = True) -> Calibration:
+    """The calibration statistics of the checkpoint folder `src`, from the cache or computed now.
 
+    write_float_model(path): writes `src` as an F32 GGUF file at `path`, the model the texts run through."""
     src = Path(src)
     texts = calibration_texts()
     path = cache_dir() / f"{cache_key(src, texts)}.npz"
@@ -213,7 +214,7 @@ def statistics(src: str | Path, report: Callable[[str], None] = print, use_cache
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgegemma-calibrate-") as tmp:
         f32 = Path(tmp) / "f32.gguf"
-        convert(src, f32, "f32", quantizer="ggml", report=lambda line: None)
+        write_float_model(f32)
         report(f"calibration: float model written in {time.perf_counter() - started:.1f} s")
         result = collect(f32, texts, report)
     if use_cache:
@@ -223,7 +224,3 @@ def statistics(src: str | Path, report: Callable[[str], None] = print, use_cache
         os.replace(tmp_path, path)
     return Calibration(result)
 
-
-def importance(src: str | Path, report: Callable[[str], None] = print, use_cache: bool = True) -> dict[str, np.ndarray]:
-    """Importance E[x²] per input column of every weight tensor of the checkpoint folder `src`."""
-    return statistics(src, report, use_cache).importances()

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from .errors import ConversionError
-from .writer import convert
+from .pipeline import convert
 
 PROG = "edgegemma convert"
 

@@ -206,7 +206,7 @@ class Converted:
         """The file for `recipe`, with the converter's default quantizer or the one named (kept as "q4_0-ggml")."""
         key = recipe if quantizer is None else f"{recipe}-{quantizer}"
         if key not in self.paths:
-            from edgegemma.converter.writer import convert
+            from edgegemma.converter import convert
 
             out = self.folder / f"{key}.gguf"
             lines: list[str] = []

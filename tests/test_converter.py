@@ -19,8 +19,8 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import PROMPTS, make_tiny_checkpoint
 import edgegemma
-from edgegemma.converter import writer as converter_writer
-from edgegemma.converter.calibrate import calibration_texts
+from edgegemma.converter import pipeline, quantizers, writer
+from edgegemma.converter.calibration_texts import calibration_texts
 from edgegemma.converter.exact_rows import N_FREQUENT
 from edgegemma.converter.recipes import E4_Q8_TYPES, MIXED_TYPES, RECIPES, storage_type
 from edgegemma import cli
@@ -97,9 +97,7 @@ def test_tensors_read_back(recipe, tiny_checkpoint, tiny_gguf):
 def test_default_quantizer_files(recipe, tiny_checkpoint, tiny_gguf):
     """The default (gptq) file: the same types and block layout, read by gguf.quants, and for each
     tensor with calibration statistics less output error on the calibration inputs than ggml's rule."""
-    from edgegemma.converter.calibrate import statistics
-
-    calibration = statistics(tiny_checkpoint, report=lambda line: None)
+    calibration = pipeline.calibration(tiny_checkpoint, report=lambda line: None)
     ours = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe)).tensors}
     ggml = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe, "ggml")).tensors}
     source = hf_tensors(tiny_checkpoint)
@@ -273,7 +271,7 @@ def test_fast_metadata_arrays_write_the_same_bytes():
         except ValueError as e:
             return str(e)
 
-    stock, ours = gguf.GGUFWriter(None, "x"), converter_writer._Writer(None, "x")
+    stock, ours = gguf.GGUFWriter(None, "x"), writer.Writer(None, "x")
     for value in (b"\x00\x01\xffabc", [b"ab", b"", "é".encode()], ["a", "héllo", ""], [1.5, -1000.0], [1, 2, -3], [True, False], [1, 2.5]):
         assert packed(ours, value) == packed(stock, value), value
 
@@ -419,7 +417,7 @@ def test_output_exists_needs_force(capsys, tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
 def test_interrupted_conversion_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch, exc):
     calls = []
-    real_pack = converter_writer.pack
+    real_pack = quantizers.pack
 
     def pack_then_fail(x, qt, *args):
         calls.append(1)
@@ -427,9 +425,9 @@ def test_interrupted_conversion_leaves_nothing(tiny_checkpoint, tmp_path, monkey
             raise exc("stop")
         return real_pack(x, qt, *args)
 
-    monkeypatch.setattr(converter_writer, "pack", pack_then_fail)
+    monkeypatch.setattr(quantizers, "pack", pack_then_fail)
     with pytest.raises(exc):
-        converter_writer.convert(tiny_checkpoint, tmp_path / "out.gguf", "q4_0", report=lambda s: None)
+        pipeline.convert(tiny_checkpoint, tmp_path / "out.gguf", "q4_0", report=lambda s: None)
     assert len(calls) == 20
     assert list(tmp_path.iterdir()) == []
 
@@ -438,7 +436,7 @@ def test_interrupted_cli_exits_130(tiny_checkpoint, tmp_path, monkeypatch, capsy
     def interrupt(x, qt, *args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(converter_writer, "pack", interrupt)
+    monkeypatch.setattr(quantizers, "pack", interrupt)
     code, _, err = run_cli(capsys, tiny_checkpoint, "-o", tmp_path / "out.gguf", "--type", "q8_0")
     assert code == 130 and "interrupted" in err and list(tmp_path.iterdir()) == []
 
@@ -447,7 +445,7 @@ def test_disk_full_is_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def full(x, qt, *args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(converter_writer, "pack", full)
+    monkeypatch.setattr(quantizers, "pack", full)
     out = tmp_path / "out.gguf"
     code, _, err = run_cli(capsys, tiny_checkpoint, "-o", out, "--type", "q8_0")
     assert code == 1 and err.strip() == f"edgegemma convert: error: writing {out}: No space left on device"

@@ -1,0 +1,109 @@
+"""The quantizers users choose with --quantizer, and one output tensor quantized by them.
+
+How block scales are chosen: "ggml" is ggml's rule (gguf.quants' bytes), "search" the scale search of
+converter.quantize, "imatrix" that search weighted by calibration statistics, and "gptq" adds GPTQ's
+error compensation across each row's columns (converter.gptq). A QuantizedTensor reads its source
+from the checkpoint a chunk of rows at a time, packs each chunk as its quantizer says, and keeps the
+sums that measure the error it introduced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from edgegemma import formats as F
+from edgegemma.formats import QuantType
+
+from . import gptq
+from .calibrate import Calibration
+from .checkpoint import Checkpoint, TensorSource
+from .errors import ConversionError
+from .quantize import error_sums, pack, relative_rms, unpack
+from .recipes import Recipe
+
+QUANTIZERS = ("ggml", "search", "imatrix", "gptq")
+CALIBRATED = frozenset({"imatrix", "gptq"})
+# GPTQ needs a second moment it can trust: at least this many calibration rows behind it
+# (four per dimension of the hidden state, which every linear layer's input derives from).
+GPTQ_MIN_ROWS = 3072
+BLOCK_TYPES = frozenset({"q8_0", "q4_0"})
+
+
+def default_quantizer(recipe: Recipe, types: list[QuantType]) -> str:
+    """gptq when the file has block-quantized tensors, else ggml (float types have no scales to choose)."""
+    return "gptq" if any(qt.name in BLOCK_TYPES for qt in types) else "ggml"
+
+
+def byte_shape(shape: tuple[int, ...], qt: QuantType) -> tuple[int, ...]:
+    """A tensor of `shape` (numpy order) stored in `qt`, as rows of bytes."""
+    return (*shape[:-1], qt.row_bytes(shape[-1]))
+
+
+@dataclass
+class TensorReport:
+    name: str
+    type: QuantType
+    shape: tuple[int, ...]  # numpy order (rows, cols)
+    rel_rms_error: float
+    note: str | None = None
+    weighted_error: float | None = None  # sqrt(Σ ΔW H ΔWᵀ / Σ W H Wᵀ), H = E[x xᵀ]: the relative output error on calibration inputs
+
+
+class QuantizedTensor:
+    """One tensor's bytes, produced chunk by chunk when the writer asks for them.
+
+    gguf.GGUFWriter.write_tensor_data(t) only uses t.nbytes and t.tofile(fout) (t.byteswap
+    for big-endian output, which we never write), so handing it this object streams the
+    tensor into place with the writer's own alignment and order bookkeeping. The statistics
+    a calibrated quantizer needs are fetched only then, so one tensor's are in memory at a time.
+    """
+
+    def __init__(self, ckpt: Checkpoint, source: TensorSource, qt: QuantType, quantizer: str = "ggml",
+                 calibration: Calibration | None = None):
+        self.ckpt, self.source, self.qt, self.calibration = ckpt, source, qt, calibration
+        self.name, self.byte_shape = source.name, byte_shape(source.shape, qt)
+        self.nbytes = int(np.prod(self.byte_shape))
+        self.rule = "ggml" if quantizer == "ggml" else "search"
+        self.lookup = source.name == F.tensor_name(F.TOKEN_EMBD)  # a table whose rows are read, not multiplied
+        self.calibrated = calibration is not None and qt.name in BLOCK_TYPES and source.name in calibration
+        self.gptq = self.calibrated and quantizer == "gptq" and calibration.rows(source.name) >= GPTQ_MIN_ROWS
+        self.err_sq = self.ref_sq = 0.0
+        self.werr_sq = self.wref_sq = 0.0  # Σ ΔW H ΔWᵀ and Σ W H Wᵀ: the output error over the calibration inputs
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The source's float32 chunks, refusing values f16 cannot hold rather than writing them as inf."""
+        f16_max = float(np.finfo(np.float16).max)
+        for chunk in self.ckpt.read(self.source):
+            if self.qt.name == "f16" and chunk.size and (peak := float(np.abs(chunk).max())) > f16_max:
+                raise ConversionError(f"tensor {self.source.name}: values up to {peak:.4g} overflow f16; use bf16 or f32")
+            yield chunk
+
+    def tofile(self, fout: BinaryIO) -> None:
+        moment = self.calibration.moment(self.name) if self.calibrated else None  # H = E[x xᵀ] of the input
+        importance = None if moment is None else np.ascontiguousarray(np.diagonal(moment))
+        if self.gptq:
+            order = gptq.activation_order(moment)
+            factor = gptq.inverse_factor(moment[np.ix_(order, order)])
+        written = 0
+        for chunk in self.chunks():
+            if self.gptq:
+                packed = gptq.pack(chunk, self.qt, factor, importance, order)
+            else:
+                packed = pack(chunk, self.qt, self.rule, importance, self.lookup)
+            fout.write(memoryview(np.ascontiguousarray(packed)).cast("B"))
+            written += packed.nbytes
+            e, r = error_sums(chunk, packed, self.qt)
+            self.err_sq += e
+            self.ref_sq += r
+            if moment is not None:
+                diff = chunk - unpack(packed, self.qt).reshape(chunk.shape)
+                self.werr_sq += float(np.sum((diff @ moment) * diff))
+                self.wref_sq += float(np.sum((chunk @ moment) * chunk))
+        if written != self.nbytes:
+            raise RuntimeError(f"wrote {written} bytes for a tensor declared as {self.nbytes}")
+
+    def report(self, note: str | None) -> TensorReport:
+        werr = relative_rms(self.werr_sq, self.wref_sq) if self.calibrated else None
+        return TensorReport(self.name, self.qt, self.source.shape, relative_rms(self.err_sq, self.ref_sq), note, werr)
