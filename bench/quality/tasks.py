@@ -30,7 +30,7 @@ QUESTION_MARKS = ("?", "？", "؟")
 TOPIC_MIN_TEXTS = 30
 TEXT_MAX_CHARS = 300
 # Standard-library modules for code retrieval. The converter calibrates on heapq, shlex, textwrap,
-# collections, string and pydoc_data (converter/calibrate.py): none of them may appear here.
+# collections, string and pydoc_data (converter/calibration_texts.py): none of them may appear here.
 CODE_MODULES = (
     "argparse", "ast", "base64", "bdb", "bisect", "calendar", "cmd", "codecs", "colorsys", "configparser",
     "contextlib", "copy", "csv", "dataclasses", "difflib", "dis", "doctest", "email.utils", "enum", "filecmp",
