@@ -12,6 +12,7 @@ from . import formats as F
 from .config import Config
 from .gguf_file import GGUFFile, ModelFileError
 from .model import EmbeddingGemma, Trace
+from .prompts import prompts_for
 from .tokenizer import Tokenizer
 from .weights import load_weights
 
@@ -34,25 +35,12 @@ class SentenceEncoder:
             raise ModelFileError(f"{self.path}: metadata key {err.args[0]} is missing") from None
         self.tokenizer = self._tokenizer(meta)  # first: its transient memory then peaks before the weights are packed
         self.model = EmbeddingGemma(self.config, load_weights(self.file, self.config))
-        names, texts = meta.get(F.KEY_PROMPT_NAMES, []), meta.get(F.KEY_PROMPT_TEXTS, [])
-        self.prompts: dict[str, str] = dict(zip(names, texts))
+        self.prompts: dict[str, str] = prompts_for(meta)
         self.recipe = meta.get(F.KEY_RECIPE, "unknown")
         self.file.release_header()  # the vocabulary and tokenizer pages: read, no longer needed in memory
 
     def _tokenizer(self, meta: dict) -> Tokenizer:
-        if F.KEY_TOKENIZER_MODEL not in meta:
-            raise ModelFileError(f"{self.path}: no SentencePiece model ({F.KEY_TOKENIZER_MODEL}); convert the checkpoint with edgegemma")
-        proto = meta[F.KEY_TOKENIZER_MODEL]
-        if not isinstance(proto, np.ndarray) or proto.dtype != np.uint8:
-            raise ModelFileError(f"{self.path}: {F.KEY_TOKENIZER_MODEL} should be a uint8 array")
-        try:
-            return Tokenizer(
-                proto.tobytes(), meta[Keys.Tokenizer.LIST], np.asarray(meta[Keys.Tokenizer.TOKEN_TYPE]),
-                bos_id=int(meta[Keys.Tokenizer.BOS_ID]), eos_id=int(meta[Keys.Tokenizer.EOS_ID]),
-                max_length=self.config.max_position_embeddings,
-            )
-        except RuntimeError as err:  # sentencepiece's complaint about a corrupt model
-            raise ModelFileError(f"{self.path}: the SentencePiece model in {F.KEY_TOKENIZER_MODEL} is corrupt ({err})") from None
+        return Tokenizer.from_gguf(meta, str(self.path), self.config.max_position_embeddings)
 
     @property
     def dimension(self) -> int:

@@ -123,6 +123,10 @@ class StringArray:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def raw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The strings undecoded, for bulk work: the file's bytes (uint8), each string's start in them, its length."""
+        return np.frombuffer(self._buf, np.uint8), self._starts, self._lengths
+
     def __eq__(self, other) -> bool:
         return list(self) == list(other)
 

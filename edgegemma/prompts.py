@@ -1,0 +1,45 @@
+"""The task prompts of a model file: its own (edgegemma's converter stores the checkpoint's), or
+EmbeddingGemma's published ones for files that carry none (llama.cpp's converter writes no prompts)."""
+from __future__ import annotations
+
+from . import formats as F
+
+# google/embeddinggemma-300m's config_sentence_transformers.json, in its order, then the model card's
+# task prompts it does not name (under plain names) — what edgegemma's converter writes for this checkpoint.
+EMBEDDINGGEMMA_PROMPTS: dict[str, str] = {
+    "query": "task: search result | query: ",
+    "document": "title: none | text: ",
+    "BitextMining": "task: search result | query: ",
+    "Clustering": "task: clustering | query: ",
+    "Classification": "task: classification | query: ",
+    "InstructionRetrieval": "task: code retrieval | query: ",
+    "MultilabelClassification": "task: classification | query: ",
+    "PairClassification": "task: sentence similarity | query: ",
+    "Reranking": "task: search result | query: ",
+    "Retrieval": "task: search result | query: ",
+    "Retrieval-query": "task: search result | query: ",
+    "Retrieval-document": "title: none | text: ",
+    "STS": "task: sentence similarity | query: ",
+    "Summarization": "task: summarization | query: ",
+    "question_answering": "task: question answering | query: ",
+    "fact_checking": "task: fact checking | query: ",
+    "classification": "task: classification | query: ",
+    "clustering": "task: clustering | query: ",
+    "sentence_similarity": "task: sentence similarity | query: ",
+    "code_retrieval": "task: code retrieval | query: ",
+    "search_result": "task: search result | query: ",
+}
+
+
+def file_prompts(meta: dict) -> dict[str, str] | None:
+    """The prompts a file stores (name -> text), or None when it stores none."""
+    names, texts = meta.get(F.KEY_PROMPT_NAMES), meta.get(F.KEY_PROMPT_TEXTS)
+    if names is None and texts is None:
+        return None
+    return dict(zip(names or [], texts or []))
+
+
+def prompts_for(meta: dict) -> dict[str, str]:
+    """The file's prompts, else EmbeddingGemma's."""
+    stored = file_prompts(meta)
+    return dict(EMBEDDINGGEMMA_PROMPTS) if stored is None else stored
