@@ -14,7 +14,7 @@ from .gguf_file import GGUFFile, ModelFileError
 from .model import EmbeddingGemma, Trace
 from .prompts import prompts_for
 from .tokenizer import Tokenizer
-from .weights import load_weights
+from .weights import load_weights, require_dense_head
 
 DOCUMENT_TEMPLATE = "title: {title} | text: "
 
@@ -29,10 +29,13 @@ class SentenceEncoder:
         arch = meta.get(Keys.General.ARCHITECTURE)
         if arch != F.ARCH:
             raise ModelFileError(f"{self.path}: architecture is {arch!r}, expected {F.ARCH!r}")
+        require_dense_head(self.file)
         try:
             self.config = Config.from_metadata(meta)
         except KeyError as err:
             raise ModelFileError(f"{self.path}: metadata key {err.args[0]} is missing") from None
+        except ValueError as err:
+            raise ModelFileError(f"{self.path}: {err}") from None
         self.tokenizer = self._tokenizer(meta)  # first: its transient memory then peaks before the weights are packed
         self.model = EmbeddingGemma(self.config, load_weights(self.file, self.config))
         self.prompts: dict[str, str] = prompts_for(meta)

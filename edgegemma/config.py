@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gguf import Keys
+from gguf import Keys, PoolingType
 
 from .formats import ARCH, DENSE_2
 
@@ -38,7 +38,8 @@ class Config:
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "Config":
-        """`meta` maps GGUF keys to values; a missing required key raises KeyError with its name."""
+        """`meta` maps GGUF keys to values; a missing required key raises KeyError with its name, a value this
+        model cannot run with ValueError."""
 
         def get(template: str, default=None, **fields):
             key = template.format(arch=ARCH, **fields)
@@ -48,6 +49,12 @@ class Config:
                 raise KeyError(key)
             return default
 
+        # The forward pass mean-pools, as the checkpoint does; a file declaring another pooling would give other
+        # embeddings in llama.cpp than here. (Absent: llama.cpp's older files, mean by the model's definition.)
+        pooling = get(Keys.LLM.POOLING_TYPE, int(PoolingType.MEAN))
+        if pooling != PoolingType.MEAN:
+            label = PoolingType(pooling).name if pooling in set(PoolingType) else pooling
+            raise ValueError(f"{Keys.LLM.POOLING_TYPE.format(arch=ARCH)} is {label}; EmbeddingGemma pools by MEAN")
         head_dim = int(get(Keys.Attention.KEY_LENGTH))
         return cls(
             vocab_size=len(meta[Keys.Tokenizer.LIST]) if Keys.Tokenizer.LIST in meta else int(get(Keys.LLM.VOCAB_SIZE)),

@@ -113,6 +113,18 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
     )
 
 
+def require_dense_head(file: GGUFFile) -> None:
+    """Refuse a file without EmbeddingGemma's dense head (llama.cpp's conversions made without
+    `--sentence-transformers-dense-modules`, the default before it existed): pooled vectors that skip it are
+    not the model's embeddings."""
+    missing = [name for name in (F.tensor_name(F.DENSE_2), F.tensor_name(F.DENSE_3)) if name not in file.tensors]
+    if missing:
+        raise ModelFileError(
+            f"{file.path}: the file lacks the dense head ({' and '.join(missing)}) that EmbeddingGemma applies after pooling; "
+            f"re-convert the checkpoint with `edgegemma convert CHECKPOINT -o FILE.gguf`, or with llama.cpp's "
+            f"`convert_hf_to_gguf.py CHECKPOINT --sentence-transformers-dense-modules`")
+
+
 def _exact_token_rows(file: GGUFFile, c: Config) -> dict[str, np.ndarray]:
     """The exact rows' ids and values from the metadata, checked and copied out of the map; none if absent."""
     ids, rows = file.metadata.get(F.KEY_EXACT_TOKEN_IDS), file.metadata.get(F.KEY_EXACT_TOKEN_ROWS)
