@@ -1,5 +1,6 @@
-"""`edgegemma info FILE`: what a GGUF file holds — architecture, sizes, the type of each tensor group,
-prompts and bytes on disk. Reads only the header (the weights stay on disk), so it is instant."""
+"""`edgegemma info FILE`: what a GGUF file holds — where it comes from, architecture, sizes, the type of each
+tensor group, the tokenizer's source, prompts and bytes on disk. Reads only the header (the weights stay on
+disk), so it is instant."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,37 @@ def _type_name(ggml_type: int) -> str:
             return f"type{ggml_type}"
 
 
+def origin(meta: dict) -> str:
+    """Which tool wrote the file, from its metadata: edgegemma's converter names itself; llama.cpp's
+    convert_hf_to_gguf.py is known by the general.basename / general.size_label keys its metadata step writes;
+    general.quantized_by names who quantized it (Unsloth's files, for one)."""
+    from gguf import Keys, LlamaFileType
+
+    from . import formats as F
+
+    if F.KEY_CONVERTER_VERSION in meta:
+        made = f"edgegemma converter {meta[F.KEY_CONVERTER_VERSION]}"
+        quantizer = meta.get(F.KEY_QUANTIZER)
+        made += f" (recipe {meta.get(F.KEY_RECIPE, '?')}" + (f", quantizer {quantizer})" if quantizer else ")")
+    elif Keys.General.BASENAME in meta or Keys.General.SIZE_LABEL in meta:
+        made = "llama.cpp's convert_hf_to_gguf.py"
+    else:
+        made = "unknown converter (no edgegemma or llama.cpp metadata)"
+    file_type = meta.get(Keys.General.FILE_TYPE)
+    if isinstance(file_type, int) and F.KEY_RECIPE not in meta:
+        try:
+            made += f", file type {LlamaFileType(file_type).name.removeprefix('MOSTLY_')}"
+        except ValueError:
+            made += f", file type {file_type}"
+    if Keys.General.QUANTIZED_BY in meta:
+        made += f", quantized by {meta[Keys.General.QUANTIZED_BY]}"
+    for key in (Keys.General.REPO_URL, Keys.General.SOURCE_URL, Keys.General.URL):
+        if isinstance(meta.get(key), str):
+            made += f", from {meta[key]}"
+            break
+    return made
+
+
 def describe(path: str | Path) -> dict:
     """Everything `info` shows, as plain data (`--json` prints exactly this)."""
     from gguf import Keys
@@ -33,6 +65,8 @@ def describe(path: str | Path) -> dict:
     from . import formats as F
     from .config import Config
     from .gguf_file import GGUFFile
+    from .prompts import file_prompts, prompts_for
+    from .tokenizer import FROM_MODEL, tokenizer_source
 
     path = Path(path)
     file = GGUFFile(path)
@@ -48,22 +82,32 @@ def describe(path: str | Path) -> dict:
         group["shape"] = list(info.shape)
     try:
         config = Config.from_metadata(meta).__dict__
-    except KeyError:
+    except (KeyError, ValueError):
         config = None  # another architecture, or a file missing keys: show what there is
-    names, texts = meta.get(F.KEY_PROMPT_NAMES, []), meta.get(F.KEY_PROMPT_TEXTS, [])
+    source = tokenizer_source(meta)
+    tokens = meta.get(Keys.Tokenizer.LIST)
     return {
         "file": str(path),
         "bytes": path.stat().st_size,
         "gguf_version": version,
         "architecture": meta.get(Keys.General.ARCHITECTURE),
         "name": meta.get(Keys.General.NAME),
+        "origin": origin(meta),
         "recipe": meta.get(F.KEY_RECIPE),
         "converter_version": meta.get(F.KEY_CONVERTER_VERSION),
         "config": config,
+        "tokenizer": {
+            "source": source,  # "sentencepiece model" (the checkpoint's, stored whole) or "gguf arrays" (rebuilt)
+            "model": meta.get(Keys.Tokenizer.MODEL),
+            "tokens": len(tokens) if tokens is not None else 0,
+            "key": F.KEY_TOKENIZER_MODEL if source == FROM_MODEL else Keys.Tokenizer.LIST,
+        },
+        "dense_head": all(F.tensor_name(k) in file.tensors for k in (F.DENSE_2, F.DENSE_3)),
         "tensor_count": len(file.tensors),
         "tensor_bytes": sum(g["bytes"] for g in groups.values()),
         "tensor_groups": [{"name": name, "type": qtype, **g} for (name, qtype), g in groups.items()],
-        "prompts": dict(zip(list(names), list(texts))),
+        "prompts": prompts_for(meta),
+        "prompts_stored": file_prompts(meta) is not None,  # False: EmbeddingGemma's published prompts stand in
         "exact_token_rows": len(meta.get(F.KEY_EXACT_TOKEN_IDS, [])),  # rows of a 4-bit table also stored as float32
     }
 
@@ -74,9 +118,8 @@ def _mib(n: int) -> str:
 
 def format_text(d: dict) -> str:
     lines = [f"file          {d['file']}  ({_mib(d['bytes'])}, {d['bytes']:,} bytes)"]
-    extra = ", ".join(x for x in (f"recipe {d['recipe']}" if d["recipe"] else "",
-                                  f"converter {d['converter_version']}" if d["converter_version"] else "") if x)
-    lines.append(f"architecture  {d['architecture']} (GGUF v{d['gguf_version']})" + (f", {extra}" if extra else ""))
+    lines.append(f"made by       {d['origin']}")
+    lines.append(f"architecture  {d['architecture']} (GGUF v{d['gguf_version']})")
     c = d["config"]
     if c:
         lines.append(
@@ -84,6 +127,11 @@ def format_text(d: dict) -> str:
             f"({c['num_key_value_heads']} kv) x {c['head_dim']}, ffn {c['intermediate_size']}, vocab {c['vocab_size']:,}, "
             f"context {c['max_position_embeddings']:,}, sliding window {c['sliding_window']}, "
             f"head {c['hidden_size']}->{c['dense_2_features']}->{c['hidden_size']}")
+    t = d["tokenizer"]
+    lines.append(f"tokenizer     {t['source']} ({t['key']}), {t['tokens']:,} tokens")
+    if not d["dense_head"]:
+        lines.append("dense head    missing (no dense_2/dense_3): edgegemma will not load this file; re-convert the checkpoint "
+                     "with the head (llama.cpp: --sentence-transformers-dense-modules)")
     lines.append(f"tensors       {d['tensor_count']}, {_mib(d['tensor_bytes'])} of weights")
     width = max((len(g["name"]) for g in d["tensor_groups"]), default=10)
     for g in d["tensor_groups"]:
@@ -91,7 +139,8 @@ def format_text(d: dict) -> str:
         count = f"x{g['tensors']}" if g["tensors"] > 1 else ""
         lines.append(f"  {g['name']:<{width}}  {g['type']:<5} {count:>4}  {shape:<12} {_mib(g['bytes']):>10}"
                      + (f"  + {d['exact_token_rows']} rows exact (f32)" if g["name"] == "token_embd" and d["exact_token_rows"] else ""))
-    lines.append(f"prompts       {len(d['prompts'])}" + (" (prompt_name: text)" if d["prompts"] else ""))
+    lines.append(f"prompts       {len(d['prompts'])}" + (" (prompt_name: text)" if d["prompts"] else "")
+                 + ("" if d["prompts_stored"] else ", EmbeddingGemma's: the file stores none"))
     width = max((len(n) for n in d["prompts"]), default=0)
     lines += [f"  {name:<{width}}  {text!r}" for name, text in d["prompts"].items()]
     return "\n".join(lines)
@@ -114,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show what a GGUF file holds",
-                       description="Architecture, sizes, the storage type of each tensor group, prompts and bytes on disk.")
+                       description="Origin, architecture, sizes, the storage type of each tensor group, the tokenizer's "
+                                   "source, prompts and bytes on disk.")
     p.add_argument("file", metavar="FILE", help="a .gguf file")
     p.add_argument("--json", action="store_true", help="print it as JSON")
     p.set_defaults(handler=run)
