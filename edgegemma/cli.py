@@ -37,10 +37,10 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_convert)
 
 
-from . import embed_cli, info, pull, server  # noqa: E402  (their registrations; handlers import the rest lazily)
+from . import cache_cli, embed_cli, info, pull, server  # noqa: E402  (their registrations; handlers import the rest lazily)
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    pull.register, embed_cli.register, info.register, server.register, add_convert,
+    pull.register, embed_cli.register, info.register, server.register, add_convert, cache_cli.register,
 ]
 
 

