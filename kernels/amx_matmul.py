@@ -16,10 +16,9 @@ from numba.extending import intrinsic
 
 from .amx import AVAILABLE, I64, QB, TILE_BYTES, TILE_ROWS, Tiles, bf16_parts, pointers, round_tiles, scratch
 from .blocks import Q4_0, Q8_0, activations, quant_type
-from .int_matmul import SHARED, f32_outputs, launch_plan, task_panels, u16_scales, u8_panels
+from .int_matmul import SHARED, claim_panels, f32_outputs, launch_plan, u16_scales, u8_panels
 from .int_panels import INT_OFFSET, NR, PackedWeight
 from .jit import aligned, compiled, f32_rows_ro, i64_counter, i64_vec, jit, launch, read_only
-from .scalar import claim
 
 LONG_SEQUENCE = 48
 
@@ -130,17 +129,15 @@ u16_rows = types.uint16[:, ::1]
 
 @jit(types.void(u16_rows, u8_panels, u16_scales, f32_outputs, i64_vec, types.int64, types.boolean, i64_counter))
 def _linear_worker(x, panels, scales, ys, task_starts, group, nibbles, counter):
-    """Claim tasks until none are left; a task is `group` panels of one weight (int_matmul.task_panels),
+    """Claim tasks until none are left; a task is `group` panels of one weight (int_matmul.claim_panels),
     made B tiles, then every token times them."""
     k = x.shape[1] // TILE_ROWS
     n_pairs = x.shape[0] // 2  # x: a row of A tiles per 16 tokens, an even number of them
     w = scratch(group, k * NR, np.uint16)
-    end = task_starts[SHARED]
     while True:
-        task = claim(counter)
-        if task >= end:
+        j, p0 = claim_panels(counter, task_starts, group)
+        if j < 0:
             break
-        j, p0 = task_panels(task_starts, task, group)
         p1 = min(panels[j].shape[0], p0 + group)
         for p in range(p0, p1):
             if nibbles:

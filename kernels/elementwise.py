@@ -49,19 +49,15 @@ def _add_rms_norm_rows(x, y, weight, eps, r0, r1):
 
 @jit(types.void(f32_rows, f32_rows_ro, f32_vec_ro, types.float32, types.int64), parallel=True,
       calls=(_add_rms_norm_rows,))
-def _add_rms_norm_parallel(x, y, weight, eps, rows_per_task):
-    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
-    for task in prange(n_tasks):
-        r0 = np.int64(task) * rows_per_task
-        _add_rms_norm_rows(x, y, weight, eps, r0, min(x.shape[0], r0 + rows_per_task))
+def _add_rms_norm_parallel(x, y, weight, eps, per_task):
+    for task in prange(-(-x.shape[0] // per_task)):
+        _add_rms_norm_rows(x, y, weight, eps, task * per_task, min(x.shape[0], (task + 1) * per_task))
 
 
 @jit(types.void(f32_rows_ro, f32_vec_ro, types.float32, f32_rows, types.int64), parallel=True, calls=(_rms_norm_rows,))
-def _rms_norm_parallel(x, weight, eps, out, rows_per_task):
-    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
-    for task in prange(n_tasks):
-        r0 = np.int64(task) * rows_per_task
-        _rms_norm_rows(x, weight, eps, out, r0, min(x.shape[0], r0 + rows_per_task))
+def _rms_norm_parallel(x, weight, eps, out, per_task):
+    for task in prange(-(-x.shape[0] // per_task)):
+        _rms_norm_rows(x, weight, eps, out, task * per_task, min(x.shape[0], (task + 1) * per_task))
 
 
 @jit(types.void(f32_row, f32_row, types.int64, types.int64), fastmath=FAST)
@@ -73,10 +69,8 @@ def _gelu_tanh_range(x, out, i0, i1):
 
 @jit(types.void(f32_row, f32_row, types.int64), parallel=True, calls=(_gelu_tanh_range,))
 def _gelu_tanh_parallel(x, out, per_task):
-    n_tasks = (x.size + per_task - 1) // per_task
-    for task in prange(n_tasks):
-        i0 = np.int64(task) * per_task
-        _gelu_tanh_range(x, out, i0, min(x.size, i0 + per_task))
+    for task in prange(-(-x.size // per_task)):
+        _gelu_tanh_range(x, out, task * per_task, min(x.size, (task + 1) * per_task))
 
 
 # In place, read and written through one slice: given x as both source and destination, LLVM's vectorized loop
@@ -90,10 +84,8 @@ def _gelu_tanh_mul_range(x, y, i0, i1):
 
 @jit(types.void(f32_row, f32_vec_ro, types.int64), parallel=True, calls=(_gelu_tanh_mul_range,))
 def _gelu_tanh_mul_parallel(x, y, per_task):
-    n_tasks = (x.size + per_task - 1) // per_task
-    for task in prange(n_tasks):
-        i0 = np.int64(task) * per_task
-        _gelu_tanh_mul_range(x, y, i0, min(x.size, i0 + per_task))
+    for task in prange(-(-x.size // per_task)):
+        _gelu_tanh_mul_range(x, y, task * per_task, min(x.size, (task + 1) * per_task))
 
 
 @jit(types.void(f32_3d_ro, f32_vec_ro, types.float32, f32_rows_ro, f32_rows_ro, f32_3d, types.int64, types.int64),
@@ -115,11 +107,9 @@ def _rms_norm_rope_rows(x, weight, eps, cos, sin, out, t0, t1):
 
 @jit(types.void(f32_3d_ro, f32_vec_ro, types.float32, f32_rows_ro, f32_rows_ro, f32_3d, types.int64), parallel=True,
       calls=(_rms_norm_rope_rows,))
-def _rms_norm_rope_parallel(x, weight, eps, cos, sin, out, rows_per_task):
-    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
-    for task in prange(n_tasks):
-        t0 = np.int64(task) * rows_per_task
-        _rms_norm_rope_rows(x, weight, eps, cos, sin, out, t0, min(x.shape[0], t0 + rows_per_task))
+def _rms_norm_rope_parallel(x, weight, eps, cos, sin, out, per_task):
+    for task in prange(-(-x.shape[0] // per_task)):
+        _rms_norm_rope_rows(x, weight, eps, cos, sin, out, task * per_task, min(x.shape[0], (task + 1) * per_task))
 
 
 def rms_norm(x, weight, eps) -> np.ndarray:

@@ -19,6 +19,15 @@ from .scalar import claim
 
 PANEL_ROWS = 32  # rows of W a dot-design task decodes: 96 KiB of float32 at k=768, in L2 while tokens stream by
 TASK_TOKENS = 264  # tokens per dot-design task at most (a multiple of six); their rows of x: 0.8 MiB at k=768
+# Both designs' kernels: (qtype, x, W, y, a task-size parameter, n_tasks, then a counter or the thread count).
+_WORKER = types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, i64_counter)
+_PARALLEL = types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64)
+
+
+@inner(fastmath=FAST, inline="always")
+def _fma4(v, u0, u1, u2, u3, a0, a1, a2, a3):
+    """(a0 + v u0, ..., a3 + v u3): one token's value times four rows' values, added to its four sums."""
+    return a0 + v * u0, a1 + v * u1, a2 + v * u2, a3 + v * u3
 
 
 @inner(fastmath=FAST)
@@ -32,43 +41,17 @@ def _dot_4x6(x, t, xo, w, r, wo, k, y, yt, yc):
     a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = np.float32(0.0)
     for i in range(k):
         u0, u1, u2, u3 = w0[i], w1[i], w2[i], w3[i]
-        v = x0[i]
-        a00 += v * u0
-        a01 += v * u1
-        a02 += v * u2
-        a03 += v * u3
-        v = x1[i]
-        a10 += v * u0
-        a11 += v * u1
-        a12 += v * u2
-        a13 += v * u3
-        v = x2[i]
-        a20 += v * u0
-        a21 += v * u1
-        a22 += v * u2
-        a23 += v * u3
-        v = x3[i]
-        a30 += v * u0
-        a31 += v * u1
-        a32 += v * u2
-        a33 += v * u3
-        v = x4[i]
-        a40 += v * u0
-        a41 += v * u1
-        a42 += v * u2
-        a43 += v * u3
-        v = x5[i]
-        a50 += v * u0
-        a51 += v * u1
-        a52 += v * u2
-        a53 += v * u3
-    c = yc
-    y[yt, c], y[yt, c + 1], y[yt, c + 2], y[yt, c + 3] = a00, a01, a02, a03
-    y[yt + 1, c], y[yt + 1, c + 1], y[yt + 1, c + 2], y[yt + 1, c + 3] = a10, a11, a12, a13
-    y[yt + 2, c], y[yt + 2, c + 1], y[yt + 2, c + 2], y[yt + 2, c + 3] = a20, a21, a22, a23
-    y[yt + 3, c], y[yt + 3, c + 1], y[yt + 3, c + 2], y[yt + 3, c + 3] = a30, a31, a32, a33
-    y[yt + 4, c], y[yt + 4, c + 1], y[yt + 4, c + 2], y[yt + 4, c + 3] = a40, a41, a42, a43
-    y[yt + 5, c], y[yt + 5, c + 1], y[yt + 5, c + 2], y[yt + 5, c + 3] = a50, a51, a52, a53
+        a00, a01, a02, a03 = _fma4(x0[i], u0, u1, u2, u3, a00, a01, a02, a03)
+        a10, a11, a12, a13 = _fma4(x1[i], u0, u1, u2, u3, a10, a11, a12, a13)
+        a20, a21, a22, a23 = _fma4(x2[i], u0, u1, u2, u3, a20, a21, a22, a23)
+        a30, a31, a32, a33 = _fma4(x3[i], u0, u1, u2, u3, a30, a31, a32, a33)
+        a40, a41, a42, a43 = _fma4(x4[i], u0, u1, u2, u3, a40, a41, a42, a43)
+        a50, a51, a52, a53 = _fma4(x5[i], u0, u1, u2, u3, a50, a51, a52, a53)
+    sums = ((a00, a01, a02, a03), (a10, a11, a12, a13), (a20, a21, a22, a23), (a30, a31, a32, a33),
+            (a40, a41, a42, a43), (a50, a51, a52, a53))
+    for a in range(6):
+        for b in range(4):
+            y[yt + a, yc + b] = sums[a][b]
 
 
 @inner(fastmath=FAST)
@@ -118,7 +101,7 @@ def _multiply(x, t0, t1, xo, w, r0, r1, wo, k, y, yt0, yc0):
         t = t + 6 if six else t1
 
 
-@jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, i64_counter))
+@jit(_WORKER)
 def _dot_worker(qtype, x, w, y, chunk, n_tasks, counter):
     """Claim tasks (token chunk c, row panel p) until none are left: decode the panel, multiply the chunk."""
     n, k = x.shape
@@ -138,15 +121,14 @@ def _dot_worker(qtype, x, w, y, chunk, n_tasks, counter):
         _multiply(x, t0, min(n, t0 + chunk), 0, panel, 0, nr, 0, k, y, t0, r0)
 
 
-@jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64),
-      parallel=True, calls=(_dot_worker,))
+@jit(_PARALLEL, parallel=True, calls=(_dot_worker,))
 def _dot_parallel(qtype, x, w, y, chunk, n_tasks, n_workers):
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):
         _dot_worker(qtype, x, w, y, chunk, n_tasks, counter)
 
 
-@jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, i64_counter))
+@jit(_WORKER)
 def _outer_worker(qtype, x, w, y, group, n_tasks, counter):
     """Claim tasks of `group` panels of NR rows until none are left: decode and pack them, then multiply every
     token by them, MR tokens at a time against each panel in turn, so that each token's row of x comes from
@@ -181,42 +163,46 @@ def _outer_worker(qtype, x, w, y, group, n_tasks, counter):
                     y[t:t + m, r0:r0 + nr] = spill[:m, :nr]
 
 
-@jit(types.void(types.int64, f32_rows_ro, u8_rows, f32_rows, types.int64, types.int64, types.int64),
-      parallel=True, calls=(_outer_worker,))
+@jit(_PARALLEL, parallel=True, calls=(_outer_worker,))
 def _outer_parallel(qtype, x, w, y, group, n_tasks, n_workers):
     counter = np.zeros(1, np.int64)
     for _ in prange(n_workers):
         _outer_worker(qtype, x, w, y, group, n_tasks, counter)
 
 
-def matmul_dot(x, w, qtype) -> np.ndarray:
-    """Design "dot": tasks of (32 rows, up to 264 tokens), decoded rows times tokens by the 4x6 dot kernel."""
-    w, rows, k = weight_bytes(w, qtype)
-    x = activations(x, k, quant_type(qtype).label)
-    n = x.shape[0]
-    y = np.empty((n, rows), np.float32)
-    if n == 0 or rows == 0:
-        return y
+def _dot_tasks(n, rows):
+    """(threads, (chunk, n_tasks)) of the dot design: token chunks of at most TASK_TOKENS, whole sixes."""
     n_chunks = -(-n // TASK_TOKENS)
     chunk = -(-n // n_chunks)
-    chunk += -chunk % 6  # whole blocks of six tokens
+    chunk += -chunk % 6
     n_tasks = n_chunks * -(-rows // PANEL_ROWS)
-    launch(_dot_worker, _dot_parallel, threads_for(n_tasks), int(qtype), x, w, y, chunk, n_tasks)
+    return threads_for(n_tasks), (chunk, n_tasks)
+
+
+def _outer_tasks(n, rows):
+    """(threads, (group, n_tasks)) of the outer design: up to 4 panels a task, while leaving 4 tasks a thread."""
+    n_panels = -(-rows // NR)
+    threads = threads_for(n_panels)
+    group = max(1, min(4, n_panels // (4 * threads)))
+    return threads, (group, -(-n_panels // group))
+
+
+def _run(design, x, w, qtype) -> np.ndarray:
+    tasks, worker, parallel = design
+    w, rows, k = weight_bytes(w, qtype)
+    x = activations(x, k, quant_type(qtype).label)
+    y = np.empty((x.shape[0], rows), np.float32)
+    if x.shape[0] and rows:
+        threads, plan = tasks(x.shape[0], rows)
+        launch(worker, parallel, threads, int(qtype), x, w, y, *plan)
     return y
+
+
+def matmul_dot(x, w, qtype) -> np.ndarray:
+    """Design "dot": tasks of (32 rows, up to 264 tokens), decoded rows times tokens by the 4x6 dot kernel."""
+    return _run((_dot_tasks, _dot_worker, _dot_parallel), x, w, qtype)
 
 
 def matmul_outer(x, w, qtype) -> np.ndarray:
     """Design "outer": tasks of NR rows, decoded and packed once, times every token by the outer-product kernel."""
-    w, rows, k = weight_bytes(w, qtype)
-    x = activations(x, k, quant_type(qtype).label)
-    n = x.shape[0]
-    y = np.empty((n, rows), np.float32)
-    if n == 0 or rows == 0:
-        return y
-    n_panels = -(-rows // NR)
-    threads = threads_for(n_panels)
-    group = max(1, min(4, n_panels // (4 * threads)))  # up to 4 panels a task, while leaving 4 tasks a thread
-    n_tasks = -(-n_panels // group)
-    launch(_outer_worker, _outer_parallel, threads, int(qtype), x, w, y, group, n_tasks)
-    return y
-
+    return _run((_outer_tasks, _outer_worker, _outer_parallel), x, w, qtype)

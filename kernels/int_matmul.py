@@ -61,11 +61,9 @@ def _quantize_rows(x, levels, offset, qx, dx, cx, t0, t1):
 
 @jit(types.void(f32_rows_ro, types.float32, types.int32, i16_rows, f32_rows, i32_rows, types.int64), parallel=True,
      calls=(_quantize_rows,))
-def _quantize_parallel(x, levels, offset, qx, dx, cx, rows_per_task):
-    n_tasks = (x.shape[0] + rows_per_task - 1) // rows_per_task
-    for task in prange(n_tasks):
-        t0 = np.int64(task) * rows_per_task
-        _quantize_rows(x, levels, offset, qx, dx, cx, t0, min(x.shape[0], t0 + rows_per_task))
+def _quantize_parallel(x, levels, offset, qx, dx, cx, per_task):
+    for task in prange(-(-x.shape[0] // per_task)):
+        _quantize_rows(x, levels, offset, qx, dx, cx, task * per_task, min(x.shape[0], (task + 1) * per_task))
 
 
 def quantize_activations(x, offset=0):
@@ -87,8 +85,12 @@ def activation_rows(grouped, n):
 
 
 @inner()
-def task_panels(task_starts, task, group):
-    """Task `task` -> (j, p0): it multiplies weight j's `group` panels from panel p0 on."""
+def claim_panels(counter, task_starts, group):
+    """Claim the next task: (j, p0), weight j's `group` panels from panel p0 on; j = -1 when none is left.
+    Tasks task_starts[j] .. task_starts[j + 1] are weight j's."""
+    task = claim(counter)
+    if task >= task_starts[task_starts.size - 1]:
+        return -1, 0
     j = 0
     while task >= task_starts[j + 1]:
         j += 1
@@ -111,12 +113,10 @@ def _int_worker(qx, dx, cx, panels, scales, ys, task_starts, group, nibbles, cou
     n = qx.shape[0]
     n_blocks = dx.shape[1] // INT_MR
     spill = np.empty((INT_MR, NR), np.float32)
-    end = task_starts[SHARED]
     while True:
-        task = claim(counter)
-        if task >= end:
+        j, p0 = claim_panels(counter, task_starts, group)
+        if j < 0:
             break
-        j, p0 = task_panels(task_starts, task, group)
         y = ys[j]
         rows = y.shape[1]
         p1 = min(panels[j].shape[0], p0 + group)
