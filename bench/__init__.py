@@ -5,5 +5,5 @@
     worker.py     one system in one fresh process: cold start, latency, throughput, peak RSS
     run.py        the command: prepares files, alternates systems over rounds, prints the table, writes JSON
 
-bench/kernels.py (kernel designs on their own) is separate and imports nothing from here.
+bench/kernel_designs.py (kernel designs on their own) is separate and imports nothing from here.
 """

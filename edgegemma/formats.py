@@ -6,62 +6,12 @@ under the one `edgegemma.` prefix. The converter writes with this table, the run
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import gguf
-from gguf import GGMLQuantizationType
+
+# The storage types are the kernels' one table (each type's name, block size and bytes).
+from .kernels.blocks import QUANT_TYPES, QUANT_TYPES_BY_NAME, QuantType, quant_type  # noqa: F401
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA_EMBEDDING]  # "gemma-embedding"
-
-
-@dataclass(frozen=True)
-class QuantType:
-    """One storage type: how many values a block holds and how many bytes it takes."""
-
-    name: str  # the name users type: --type q4_0
-    ggml_type: GGMLQuantizationType
-    block_size: int  # values per block
-    type_size: int  # bytes per block
-
-    def row_bytes(self, n_values: int) -> int:
-        """Bytes one row of `n_values` takes; rows must hold whole blocks."""
-        if n_values % self.block_size:
-            raise ValueError(f"{self.name}: a row of {n_values} values is not a whole number of {self.block_size}-value blocks")
-        return n_values // self.block_size * self.type_size
-
-
-def _quant_type(name: str, ggml_type: GGMLQuantizationType) -> QuantType:
-    block_size, type_size = gguf.GGML_QUANT_SIZES[ggml_type]
-    return QuantType(name, ggml_type, block_size, type_size)
-
-
-# Every type edgegemma reads and writes. Anything else is refused with a message naming it.
-QUANT_TYPES: dict[GGMLQuantizationType, QuantType] = {
-    qt.ggml_type: qt
-    for qt in (
-        _quant_type("f32", GGMLQuantizationType.F32),
-        _quant_type("f16", GGMLQuantizationType.F16),
-        _quant_type("bf16", GGMLQuantizationType.BF16),
-        _quant_type("q8_0", GGMLQuantizationType.Q8_0),
-        _quant_type("q4_0", GGMLQuantizationType.Q4_0),
-    )
-}
-QUANT_TYPES_BY_NAME: dict[str, QuantType] = {qt.name: qt for qt in QUANT_TYPES.values()}
-
-
-def quant_type(ggml_type: int) -> QuantType:
-    """The table entry for a GGML type id, or a ValueError that names it and lists what is supported."""
-    try:
-        return QUANT_TYPES[GGMLQuantizationType(ggml_type)]
-    except (ValueError, KeyError):
-        try:
-            label = GGMLQuantizationType(ggml_type).name
-        except ValueError:
-            label = f"unknown type id {ggml_type}"
-        raise ValueError(
-            f"tensor type {label} is not supported (supported: {', '.join(QUANT_TYPES_BY_NAME)})"
-        ) from None
-
 
 # Tensor names: llama.cpp's, for this architecture.
 _N = gguf.TENSOR_NAMES

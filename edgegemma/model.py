@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgegemma import kernels
+import edgegemma.kernels as kernels
 from edgegemma.kernels.blocks import row_indices
 
 from .config import Config

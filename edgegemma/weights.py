@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgegemma import kernels
+import edgegemma.kernels as kernels
 
 from . import formats as F
 from .config import Config

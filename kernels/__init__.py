@@ -1,5 +1,5 @@
-"""Kernels over ggml block formats (F32, F16, BF16, Q8_0, Q4_0), and the few generic array ops a transformer
-needs besides. They know block formats and array shapes, not models.
+"""Kernels over ggml block formats (QUANT_TYPES: F32, F16, BF16, Q8_0, Q4_0), and the few generic array ops a
+transformer needs besides. They know block formats and array shapes, not models.
 
     matmul(x, w, qtype)               x (n, k) float32 @ W.T -> (n, rows) float32
     matmuls(x, [(w, qtype), ...])     [matmul(x, w, qtype) for each], sharing the work on x where it can
@@ -35,7 +35,7 @@ import sys
 if "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
-from .blocks import BLOCK_FORMATS, block_format
+from .blocks import QUANT_TYPES, QUANT_TYPES_BY_NAME, QuantType, quant_type
 
 
 def _choose_backend():
@@ -70,5 +70,5 @@ add_rms_norm = _backend.add_rms_norm
 rms_norm_rope = _backend.rms_norm_rope
 attention = _backend.attention
 
-__all__ = ["BACKEND", "BLOCK_FORMATS", "block_format", "matmul", "matmuls", "pack", "MATMUL_ROWS", "LONG_SEQUENCE", "dequantize_rows", "dequantize", "rms_norm",
+__all__ = ["BACKEND", "QUANT_TYPES", "QUANT_TYPES_BY_NAME", "QuantType", "quant_type", "matmul", "matmuls", "pack", "MATMUL_ROWS", "LONG_SEQUENCE", "dequantize_rows", "dequantize", "rms_norm",
            "gelu_tanh", "gelu_tanh_mul", "add_rms_norm", "rms_norm_rope", "attention"]

@@ -1,4 +1,5 @@
-"""The block formats the kernels read, as data, and the argument checks both backends share.
+"""The storage types, as data (the one table: edgegemma.formats and the converter read it too), and the argument
+checks both backends share.
 
 A weight arrives as ggml stores it: a C-contiguous uint8 array of shape (rows, row_bytes), one row per
 output feature, each row a run of blocks. Sizes come from `gguf.GGML_QUANT_SIZES`; the layouts are ggml's:
@@ -12,6 +13,8 @@ output feature, each row a run of blocks. Sizes come from `gguf.GGML_QUANT_SIZES
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -21,23 +24,46 @@ BF16 = int(GGMLQuantizationType.BF16)
 Q8_0 = int(GGMLQuantizationType.Q8_0)
 Q4_0 = int(GGMLQuantizationType.Q4_0)
 
-# type id -> (name, values per block, bytes per block), in the order error messages list them.
-BLOCK_FORMATS: dict[int, tuple[str, int, int]] = {
-    t: (GGMLQuantizationType(t).name, *GGML_QUANT_SIZES[GGMLQuantizationType(t)]) for t in (F32, F16, BF16, Q8_0, Q4_0)
+
+@dataclass(frozen=True)
+class QuantType:
+    """One storage type: how many values a block holds and how many bytes it takes."""
+
+    name: str  # the name users type: --type q4_0
+    ggml_type: GGMLQuantizationType
+    block_size: int  # values per block
+    type_size: int  # bytes per block
+
+    @property
+    def label(self) -> str:
+        """The name ggml gives it ("Q4_0"), as messages show it."""
+        return self.ggml_type.name
+
+    def row_bytes(self, n_values: int) -> int:
+        """Bytes one row of `n_values` takes; rows must hold whole blocks."""
+        if n_values % self.block_size:
+            raise ValueError(f"{self.name}: a row of {n_values} values is not a whole number of {self.block_size}-value blocks")
+        return n_values // self.block_size * self.type_size
+
+
+# Every type edgegemma reads and writes, in the order messages list them; anything else is refused by name.
+QUANT_TYPES: dict[GGMLQuantizationType, QuantType] = {
+    t: QuantType(t.name.lower(), t, *GGML_QUANT_SIZES[t])
+    for t in map(GGMLQuantizationType, (F32, F16, BF16, Q8_0, Q4_0))
 }
+QUANT_TYPES_BY_NAME: dict[str, QuantType] = {qt.name: qt for qt in QUANT_TYPES.values()}
 
 
-def block_format(qtype) -> tuple[str, int, int]:
-    """(name, block_size, type_size) of a supported type id, or a ValueError naming it and listing the supported ones."""
+def quant_type(ggml_type) -> QuantType:
+    """The table entry for a GGML type id, or a ValueError that names the type and lists what is supported."""
     try:
-        return BLOCK_FORMATS[int(qtype)]
+        return QUANT_TYPES[GGMLQuantizationType(int(ggml_type))]
     except (KeyError, TypeError, ValueError):
         try:
-            label = GGMLQuantizationType(qtype).name
-        except (ValueError, TypeError):
-            label = f"unknown type id {qtype!r}"
-        supported = ", ".join(name for name, _, _ in BLOCK_FORMATS.values())
-        raise ValueError(f"tensor type {label} is not supported by the kernels (supported: {supported})") from None
+            label = GGMLQuantizationType(int(ggml_type)).name
+        except (TypeError, ValueError):
+            label = f"unknown type id {ggml_type!r}"
+        raise ValueError(f"tensor type {label} is not supported (supported: {', '.join(QUANT_TYPES_BY_NAME)})") from None
 
 
 def weight_bytes(w: np.ndarray, qtype) -> tuple[np.ndarray, int, int]:
@@ -46,7 +72,8 @@ def weight_bytes(w: np.ndarray, qtype) -> tuple[np.ndarray, int, int]:
     Arrays of another dtype (a float32 or float16 tensor as `gguf.GGUFReader` hands it out) are reinterpreted
     row by row as their bytes.
     """
-    name, block_size, type_size = block_format(qtype)
+    qt = quant_type(qtype)
+    name, block_size, type_size = qt.label, qt.block_size, qt.type_size
     if not isinstance(w, np.ndarray) or w.ndim != 2:
         raise ValueError(f"{name} weight must be a 2-D array (rows, row_bytes), got {getattr(w, 'shape', type(w).__name__)}")
     if not w.flags.c_contiguous:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, block_format, check_in_place, row_indices, weight_bytes
+from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, quant_type, check_in_place, row_indices, weight_bytes
 
 # A tile of weight rows is dequantized into at most this many float32 values (4 MiB) at a time.
 TILE_VALUES = 1 << 20
@@ -94,7 +94,7 @@ def matmul(x, w, qtype, long_batch=False) -> np.ndarray:
     """y = x @ W.T for float32 activations x (n, k) and a stored weight W (rows, row_bytes): float32 (n, rows).
     long_batch: Q8_0 / Q4_0 products in bfloat16, as the numba backend's tiles take them (see above)."""
     w, rows, k = weight_bytes(w, qtype)
-    x = activations(x, k, block_format(qtype)[0])
+    x = activations(x, k, quant_type(qtype).label)
     in_bf16 = long_batch and int(qtype) in BF16_TYPES
     if in_bf16:
         x = round_to_bf16(x)

@@ -21,7 +21,7 @@ from edgegemma import kernels
 from edgegemma.kernels import blocks, numpy_backend
 
 try:
-    from edgegemma.kernels import numba_backend
+    from edgegemma.kernels import amx_attention, amx_matmul, float_matmul, int_matmul, int_panels, int_tile, jit, numba_backend
 except ImportError:  # Numba not installed: the numpy backend is still tested
     numba_backend = None
 
@@ -61,19 +61,15 @@ def assert_matmul_close(y, x, w_float, tol):
     assert err.max() <= tol, f"worst error {err.max():.3g} of the |x|·|W| scale exceeds {tol:g}"
 
 
-def int_bits(backend, qtype, n):
-    """The width numba's matmul quantizes the activations to for this case (its integer design), or None."""
-    if backend is None or backend is not numba_backend:
-        return None
-    if int(qtype) in numba_backend.INT_TYPES:
-        return numba_backend.INT_BITS
-    return None
+def takes_int(backend, qtype):
+    """Whether numba's matmul takes its integer design (int16 activations) for this type here."""
+    return backend is not None and backend is numba_backend and int(qtype) in numba_backend.INT_TYPES
 
 
-def quantized_activations(x, bits):
+def quantized_activations(x):
     """numpy's version of the integer design's activations: per block of 32 values, dx = max|x| / L and
-    qx = rint(x * (L / max|x|)) in float32 arithmetic, L = 127 (int8) or 32767 (int16). qx as float64 (n, k)."""
-    levels = np.float32(127.0 if bits == 8 else 32767.0)
+    qx = rint(x * (L / max|x|)) in float32 arithmetic, L = 32767 (int16). qx as float64 (n, k)."""
+    levels = np.float32(32767.0)
     blocks = x.reshape(x.shape[0], -1, 32)
     amax = np.abs(blocks).max(axis=2, keepdims=True)
     with np.errstate(divide="ignore"):
@@ -82,10 +78,10 @@ def quantized_activations(x, bits):
     return qx.reshape(x.shape).astype(np.float64), (amax / levels)[..., 0]
 
 
-def assert_int_matmul_close(y, x, w_float, bits):
+def assert_int_matmul_close(y, x, w_float):
     """What quantizing the activations may change: each value of x moves by at most half a step, dx / 2, so
     y moves from x @ W.T by at most sum over blocks of dx / 2 * sum |w| over the block; plus float32 rounding."""
-    _, dx = quantized_activations(x, bits)
+    _, dx = quantized_activations(x)
     rows = w_float.shape[0]
     w_abs = np.abs(w_float.astype(np.float64)).reshape(rows, -1, 32).sum(axis=2)
     bound = (dx.astype(np.float64) / 2) @ w_abs.T
@@ -96,11 +92,10 @@ def assert_int_matmul_close(y, x, w_float, bits):
 
 def assert_matmul_as_designed(y, backend, qtype, x, w_float):
     """Float designs: the float32 bound; numba's integer design: the bound its activation quantization allows."""
-    bits = int_bits(backend, qtype, x.shape[0])
-    if bits is None:
-        assert_matmul_close(y, x, w_float, tol=2e-6)
+    if takes_int(backend, qtype):
+        assert_int_matmul_close(y, x, w_float)
     else:
-        assert_int_matmul_close(y, x, w_float, bits)
+        assert_matmul_close(y, x, w_float, tol=2e-6)
 
 
 # --- bit-exact decoding -----------------------------------------------------------------------------------------
@@ -152,7 +147,7 @@ def tiles(request, monkeypatch):
     if request.param:
         monkeypatch.setattr(numpy_backend, "TILE_VALUES", 7 * SHAPES[0][1])
         if numba_backend is not None:
-            monkeypatch.setattr(numba_backend, "TASK_TOKENS", 7)
+            monkeypatch.setattr(float_matmul, "TASK_TOKENS", 7)
     return request.param
 
 
@@ -192,58 +187,57 @@ def test_numba_equals_numpy(qtype):
     np.testing.assert_array_equal(numba_backend.dequantize_rows(raw, qtype, ids), numpy_backend.dequantize_rows(raw, qtype, ids))
     x = np.random.default_rng(7).standard_normal((NS[-1], k)).astype(np.float32)
     a, b = numba_backend.matmul(x, raw, qtype), numpy_backend.matmul(x, raw, qtype)
-    if int_bits(numba_backend, qtype, x.shape[0]) is None:
+    if not takes_int(numba_backend, qtype):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * np.abs(b).max())
     else:  # numpy's float32 product stands in for the exact one
-        assert_int_matmul_close(a, x, numpy_backend.dequantize(raw, qtype), int_bits(numba_backend, qtype, x.shape[0]))
+        assert_int_matmul_close(a, x, numpy_backend.dequantize(raw, qtype))
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
 
 
-# --- the integer design (AVX-512 VNNI) ---------------------------------------------------------------------------
+# --- the integer design: vector IR with AVX-512 VNNI, plain loops elsewhere (and without JIT) --------------------
 
-needs_int = pytest.mark.skipif(numba_backend is None or not numba_backend.INT_DOT, reason="no integer design here (needs AVX-512 VNNI and Numba compiling)")
-INT_NS = [1, 7, 40, 300]
-INT_SHAPES = [(301, 768), (97, 1152), (70, 3072)]  # rows not multiples of a panel: the spill path too
+needs_int = pytest.mark.skipif(numba_backend is None, reason="numba not installed")
+INT_NS = [1, 7, 40] if NO_JIT else [1, 7, 40, 300]
+INT_SHAPES = [(37, 64), (29, 128)] if NO_JIT else [(301, 768), (97, 1152), (70, 3072)]  # rows past whole panels
 
 
 @needs_int
-@pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
-def test_quantized_activations_match_numpy(bits, qtype):
-    x = np.random.default_rng(10).standard_normal((301, 1152)).astype(np.float32)  # the last group of tokens part-full
+def test_quantized_activations_match_numpy(qtype):
+    x = np.random.default_rng(10).standard_normal((31 if NO_JIT else 301, 1152)).astype(np.float32)  # last group part-full
     x[3, 64:96] = 0.0  # an all-zero block: scale 0, integers 0
     x[5] *= 1e4
-    offset = numba_backend.INT_OFFSET[qtype]  # both designs' panels hold q + offset, which cx takes off again
-    qx, dx, cx = numba_backend.quantize_activations(x, bits, offset)
-    dx, cx = (numba_backend.activation_rows(a, len(x)) for a in (dx, cx))  # from the tiles' groups of tokens
-    want_q, want_d = quantized_activations(x, bits)
+    offset = int_panels.INT_OFFSET[qtype]  # the panels hold q + offset, which cx takes off again
+    qx, dx, cx = int_matmul.quantize_activations(x, offset)
+    dx, cx = (int_matmul.activation_rows(a, len(x)) for a in (dx, cx))  # from the tiles' groups of tokens
+    want_q, want_d = quantized_activations(x)
     np.testing.assert_array_equal(qx, want_q)
     np.testing.assert_allclose(dx, want_d, rtol=1e-7, atol=0)
     np.testing.assert_array_equal(cx, -offset * want_q.reshape(len(x), -1, 32).sum(axis=2))
 
 
 @needs_int
-@pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
 @pytest.mark.parametrize("rows,k", INT_SHAPES)
-def test_int_matmul_against_numpy(bits, qtype, rows, k):
+def test_int_matmul_against_numpy(qtype, rows, k):
     """Twice: against the exact product of the quantized activations (only float32 rounding may differ), and
-    against the numpy oracle within what quantizing the activations can change."""
+    against the numpy oracle within what quantizing the activations can change. On a VNNI target this is the
+    vector-IR tile; elsewhere, and in the NUMBA_DISABLE_JIT run, the plain-loop tile with the same arithmetic."""
     raw = stored(weights(rows, k, seed=11), qtype)
     w_float = numpy_backend.dequantize(raw, qtype)
     rng = np.random.default_rng(12)
     for n in INT_NS:
         x = rng.standard_normal((n, k)).astype(np.float32)
         x[0, :32] *= 50.0  # a block with an outlier, as Gemma's activations have
-        y = numba_backend.matmul_int(x, raw, qtype, bits)
-        qx, dx = quantized_activations(x, bits)
+        y = numba_backend.matmul_int(x, raw, qtype)
+        qx, dx = quantized_activations(x)
         exact = (qx * np.repeat(dx, 32, axis=1)).astype(np.float32)
         assert_matmul_close(y, exact, w_float, tol=2e-6)
-        assert_int_matmul_close(y, x, numpy_backend.dequantize(raw, qtype), bits)
-        np.testing.assert_allclose(y, numpy_backend.matmul(x, raw, qtype), rtol=0, atol=(0.02 if bits == 8 else 1e-4) * np.abs(y).max())
+        assert_int_matmul_close(y, x, numpy_backend.dequantize(raw, qtype))
+        np.testing.assert_allclose(y, numpy_backend.matmul(x, raw, qtype), rtol=0, atol=1e-4 * np.abs(y).max())
 
 
-needs_tiles = pytest.mark.skipif(numba_backend is None or not numba_backend.amx.AVAILABLE,
+needs_tiles = pytest.mark.skipif(numba_backend is None or not amx_matmul.AVAILABLE,
                                  reason="needs Numba and a CPU with AMX tiles that Linux lends")
 
 
@@ -257,7 +251,7 @@ def test_tile_matmul_within_its_error_bound(qtype, rows, k):
     Weights packed as the model packs them, several sharing the activations."""
     raw = [stored(weights(rows, k, seed=16 + i), qtype) for i in range(2)]
     packed = [numba_backend.pack(w, qtype) for w in raw]
-    assert numba_backend.amx.takes_matmul(packed)
+    assert amx_matmul.takes_matmul(packed)
     rng = np.random.default_rng(17)
     for n in INT_NS:
         x = rng.standard_normal((n, k)).astype(np.float32)
@@ -282,14 +276,14 @@ def test_tile_matmul_within_its_error_bound(qtype, rows, k):
 def test_long_batch_takes_the_tiles_only_for_packed_weights():
     raw = stored(weights(40, 64, seed=18), T.Q8_0)
     x = np.random.default_rng(19).standard_normal((5, 64)).astype(np.float32)
-    packed = numba_backend.pack(raw, T.Q8_0)
-    assert numba_backend.amx.takes_matmul([packed]) == numba_backend.amx.AVAILABLE
-    assert not numba_backend.amx.takes_matmul([raw])
+    packed = int_panels.pack_int(raw, T.Q8_0)
+    assert amx_matmul.takes_matmul([packed]) == amx_matmul.AVAILABLE
+    assert not amx_matmul.takes_matmul([raw])
     np.testing.assert_array_equal(numba_backend.matmul(x, raw, T.Q8_0, long_batch=True), numba_backend.matmul(x, raw, T.Q8_0))
-    assert numba_backend.LONG_SEQUENCE == (numba_backend.amx.LONG_SEQUENCE if numba_backend.amx.AVAILABLE else 0)
-    refusal = (ValueError, "packed for the integer design") if numba_backend.amx.AVAILABLE else (NotImplementedError, "AMX")
+    assert numba_backend.LONG_SEQUENCE == (amx_matmul.LONG_SEQUENCE if amx_matmul.AVAILABLE else 0)
+    refusal = (ValueError, "packed for the integer design") if amx_matmul.AVAILABLE else (NotImplementedError, "AMX")
     with pytest.raises(refusal[0], match=refusal[1]):
-        numba_backend.amx.matmuls(x, [raw], T.Q8_0)
+        amx_matmul.matmuls(x, [raw], T.Q8_0)
 
 
 @needs_int
@@ -305,20 +299,18 @@ def test_pack_takes_the_blocks_bytes(qtype, rows, k):
     """A packed weight holds what its blocks held, in panels of NR rows (Q4_0: two rows' nibbles a byte, the
     scales float16): no float32, and no more memory than the stored rows, padded to whole panels."""
     raw = stored(weights(rows, k, seed=14), qtype)
-    packed = numba_backend.pack(raw, qtype)
-    assert isinstance(packed, numba_backend.PackedWeight) and (packed.rows, packed.k) == (rows, k)
+    packed = int_panels.pack_int(raw, qtype)
+    assert isinstance(packed, int_panels.PackedWeight) and (packed.rows, packed.k) == (rows, k)
     assert packed.panels.dtype == np.uint8 and packed.scales.dtype == np.uint16
-    assert packed.nbytes == -(-rows // numba_backend.NR) * numba_backend.NR * raw.shape[1]
+    assert packed.nbytes == -(-rows // int_panels.NR) * int_panels.NR * raw.shape[1]
 
 
 @needs_int
 def test_packed_weights_multiply_only_as_packed():
     raw = stored(weights(70, 768, seed=15), T.Q8_0)
     x = np.ones((3, 768), np.float32)
-    with pytest.raises(ValueError, match="packed as Q8_0 for int16 activations, multiplied as Q8_0 with int8"):
-        numba_backend.matmul_int8(x, numba_backend.pack(raw, T.Q8_0), T.Q8_0)
-    with pytest.raises(ValueError, match="packed as Q8_0 for int16 activations, multiplied as Q4_0"):
-        numba_backend.matmul(x, numba_backend.pack(raw, T.Q8_0), T.Q4_0)
+    with pytest.raises(ValueError, match="packed as Q8_0, multiplied as Q4_0"):
+        numba_backend.matmul(x, int_panels.pack_int(raw, T.Q8_0), T.Q4_0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -379,11 +371,11 @@ FEATURE_PROBE = """
         x = rng.standard_normal((300, 768)).astype(np.float32)
         a, b = nb.matmul(x, raw, qtype), numpy_backend.matmul(x, raw, qtype)
         worst = max(worst, float(np.abs(a - b).max() / np.abs(b).max()))
-    print(nb.INT_DOT, sorted(nb.INT_TYPES), worst)
+    print(bool(nb.INT_TYPES), sorted(nb.INT_TYPES), worst)
 """
 
 
-@pytest.mark.skipif(numba_backend is None or NO_JIT or not numba_backend.INT_DOT, reason="needs a VNNI host to take VNNI away from")
+@pytest.mark.skipif(numba_backend is None or NO_JIT or not int_tile.VNNI, reason="needs a VNNI host to take VNNI away from")
 def test_without_vnni_matmul_is_the_float_one(tmp_path):
     """The same host compiling for a CPU without AVX-512 VNNI (NUMBA_CPU_FEATURES, as on older x86): no integer
     design, and matmul agrees with numpy to float32 rounding."""
@@ -444,7 +436,7 @@ ATTENTION_CASES = [(1, 3, 1, 16, None), (70, 3, 1, 64, None), (70, 3, 1, 64, 5),
 @pytest.mark.parametrize("length,n_heads,n_kv,d,radius", ATTENTION_CASES if not NO_JIT else ATTENTION_CASES[:3])
 def test_attention_matches_float64(backend, length, n_heads, n_kv, d, radius, monkeypatch):
     if backend is numba_backend:  # the float design (the tiles' own test is below)
-        monkeypatch.setattr(numba_backend.amx, "MIN_LENGTH", 1 << 62)
+        monkeypatch.setattr(amx_attention, "MIN_LENGTH", 1 << 62)
     rng = np.random.default_rng(length + d)
     q, k, v = (rng.standard_normal((length, h, d)).astype(np.float32) * 2 for h in (n_heads, n_kv, n_kv))
     got = backend.attention(q, k, v, d ** -0.5, radius)
@@ -463,13 +455,12 @@ AMX_CASES = [(1, 3, 1, 32, None), (70, 3, 1, 64, 5), (300, 4, 2, 32, 40), (37, 2
 @needs_tiles
 @pytest.mark.parametrize("length,n_heads,n_kv,d,radius", AMX_CASES)
 def test_amx_attention_within_its_error_bound(length, n_heads, n_kv, d, radius, monkeypatch):
-    """The tiles' design (kernels/amx.py) against float64, held to the bound its three-term bfloat16
+    """The tiles' design (kernels/amx_attention.py) against float64, held to the bound its three-term bfloat16
     products give: each product within 3 * 2^-16 of its value (plus float32 sums), so every score s within
     delta = (3 * 2^-16 + d * 2^-24) * scale * max sum |q| |k|, which moves the softmax's weights by a factor
     within e^(+-2 delta), and the weights times the values add 3 * 2^-16 max |v|. A wrong tile layout is off by
     the size of the values."""
-    amx = numba_backend.amx
-    monkeypatch.setattr(amx, "MIN_LENGTH", 0)
+    monkeypatch.setattr(amx_attention, "MIN_LENGTH", 0)
     rng = np.random.default_rng(length + d)
     q, k, v = (rng.standard_normal((length, h, d)).astype(np.float32) * 2 for h in (n_heads, n_kv, n_kv))
     scale = d ** -0.5
@@ -487,7 +478,7 @@ def test_amx_attention_within_its_error_bound(length, n_heads, n_kv, d, radius, 
 
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
 def test_attention_takes_the_tiles_for_long_sequences():
-    amx = numba_backend.amx
+    amx = amx_attention
     assert amx.takes(amx.MIN_LENGTH, 256) == amx.AVAILABLE
     assert not amx.takes(amx.MIN_LENGTH - 1, 256) and not amx.takes(4 * amx.MIN_LENGTH, 48)
     if amx.AVAILABLE:
@@ -580,7 +571,7 @@ def test_unsupported_type_is_named(backend):
         for call in (lambda: backend.matmul(x, raw, bad), lambda: backend.dequantize(raw, bad), lambda: backend.dequantize_rows(raw, bad, [0])):
             with pytest.raises(ValueError, match=label) as err:
                 call()
-            assert "F32, F16, BF16, Q8_0, Q4_0" in str(err.value)
+            assert "f32, f16, bf16, q8_0, q4_0" in str(err.value)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -641,7 +632,8 @@ def test_unknown_backend_is_refused():
 
 CACHE_PROBE = """
     import numpy as np, gguf
-    from edgegemma.kernels import numba_backend as nb
+    import sys
+    from edgegemma.kernels import amx_attention, jit, numba_backend as nb
     import numba
     for qtype in (0, 1, 30, 8, 2):
         w = gguf.quants.quantize(np.ones((3, 64), np.float32), qtype)
@@ -655,24 +647,26 @@ CACHE_PROBE = """
     x = np.ones((40, 2, 64), np.float32)
     nb.rms_norm(x, np.ones(64, np.float32), 1e-6), nb.gelu_tanh(x), nb.gelu_tanh_mul(x.copy(), x)
     nb.add_rms_norm(x.copy(), x, np.ones(64, np.float32), 1e-6), nb.rms_norm_rope(x, np.ones(64, np.float32), 1e-6, x[:, 0, :32], x[:, 0, :32])
-    long = np.ones((nb.amx.MIN_LENGTH, 2, 64), np.float32)  # the tiles' design, where it runs
+    long = np.ones((amx_attention.MIN_LENGTH, 2, 64), np.float32)  # the tiles' design, where it runs
     nb.attention(x, x[:, :1], x[:, :1], 0.1, 3), nb.attention(long, long[:, :1], long[:, :1], 0.1, 3)
     nb.matmul_dot(np.ones((2, 64), np.float32), w, qtype)  # the serial paths too: one task, one thread
     numba.set_num_threads(1)
     nb.matmul_outer(np.ones((40, 64), np.float32), w, qtype), nb.attention(x, x[:, :1], x[:, :1], 0.1, 3)
     nb.attention(long, long[:, :1], long[:, :1], 0.1, 3)
     hits = misses = 0
-    for kernel in [getattr(module, name) for module in (nb, nb.amx) for name in dir(module)]:
+    modules = [m for name, m in sys.modules.items() if name.startswith("edgegemma.kernels.")]
+    for kernel in [getattr(module, name) for module in modules for name in dir(module)]:
         if not isinstance(kernel, numba.core.registry.CPUDispatcher):
             continue
         hits += sum(kernel.stats.cache_hits.values())
         misses += sum(kernel.stats.cache_misses.values())
-    print(hits, misses, nb._cache_ok)
+    print(hits, misses, jit.cache_enabled())
 """
 
 
 SCIPY_PROBE = """
-    import sys, numpy as np, gguf, numba, kernels
+    import sys, numpy as np, gguf, numba
+    from edgegemma import kernels
     w = gguf.quants.quantize(np.ones((3, 64), np.float32), 2)
     kernels.matmul(np.ones((2, 64), np.float32), kernels.pack(w, 2), 2)
     print("scipy.linalg.cython_blas" in sys.modules)
@@ -694,7 +688,8 @@ def test_kernels_load_numba_without_scipy_blas():
 
 
 LLVM_PROBE = """
-    import numpy as np, gguf, kernels
+    import numpy as np, gguf
+    from edgegemma import kernels
     def llvm_kib():
         kib, inside = 0, False
         for line in open("/proc/self/smaps", encoding="ascii", errors="replace"):

@@ -1,7 +1,7 @@
 """Matmul throughput of each kernel design, per weight type and batch size, on EmbeddingGemma's shapes.
 
-    python bench/kernels.py                  # all types, n in 1 18 96 512 4096
-    python bench/kernels.py --types q8_0 q4_0 --n 1 16 --seconds 0.5
+    python -m bench.kernel_designs                  # all types, n in 1 18 96 512 4096
+    python -m bench.kernel_designs --types q8_0 q4_0 --n 1 16 --seconds 0.5
 
 One "layer" is the seven matmuls of an EmbeddingGemma block (q 768->768, k and v 768->256, o 768->768,
 gate and up 768->1152, down 1152->768: 8.4 MFLOP per token). Two figures per design, from the median of
@@ -9,7 +9,8 @@ repeated runs: GFLOP per wall-clock second, and GFLOP per CPU-second of the whol
 On a shared machine the first follows the CPU share the scheduler grants, which other people's jobs decide;
 the second is what the design costs, and what a spinning thread pool inflates. The machine is noisy: designs
 run in turn, three passes, each design back to back within a pass (Numba's and OpenBLAS's thread pools slow
-each other down when their calls alternate; see kernels/__init__.py).
+each other down when their calls alternate; see kernels/__init__.py). Each figure comes from the CPU profile the
+process compiles for: set NUMBA_CPU_NAME / NUMBA_CPU_FEATURES to measure another (kernels/cpu.py).
 
 The BLAS columns use numpy's OpenBLAS with the thread count it has (OPENBLAS_NUM_THREADS, default: one per
 core); "BLAS on f32 W" is not a design (it multiplies by a float32 copy of W made beforehand), only the
@@ -19,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # before numpy loads OpenBLAS: see kernels/__init__.py
 
+from edgegemma.kernels import QUANT_TYPES_BY_NAME, amx_matmul, int_panels, numba_backend, numpy_backend  # noqa: E402
 
-from edgegemma.kernels import numba_backend, numpy_backend  # noqa: E402  (before numba: it sets Numba's CPU features)
-from edgegemma.kernels.blocks import BLOCK_FORMATS  # noqa: E402
-
+import numba  # noqa: E402  (after the kernels: they set Numba's CPU features before it starts)
 import gguf  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -41,12 +40,11 @@ def _blas_ceiling(x, w, qtype, _cache={}):
     return x @ _cache[key].T
 
 
-def _packed(w, qtype, bits, _cache={}):
+def _packed(w, qtype, _cache={}):
     """W packed once for the integer design, as the model packs its weights at load (not timed)."""
-    key = (id(w), bits)
-    if key not in _cache:
-        _cache[key] = numba_backend._pack_int(w, qtype, bits)
-    return _cache[key]
+    if id(w) not in _cache:
+        _cache[id(w)] = int_panels.pack_int(w, qtype)
+    return _cache[id(w)]
 
 
 def _runtime(x, w, qtype, _cache={}):
@@ -61,11 +59,11 @@ DESIGNS = {
     "numpy tile+BLAS": numpy_backend.matmul,
     "numba dot": numba_backend.matmul_dot,
     "numba outer": numba_backend.matmul_outer,
-    # integer dot products on the blocks' integers (AVX-512 VNNI; Q8_0, Q4_0), the weights packed once
-    "numba int8": lambda x, w, qtype: numba_backend.matmul_int8(x, _packed(w, qtype, 8), qtype),
-    "numba int16": lambda x, w, qtype: numba_backend.matmul_int16(x, _packed(w, qtype, 16), qtype),
+    # int16 activations times the blocks' integers (Q8_0, Q4_0), the weights packed once: the vector-IR tile
+    # where the target has AVX-512 VNNI, the plain-loop tile elsewhere
+    "numba int16": lambda x, w, qtype: numba_backend.matmul_int(x, _packed(w, qtype), qtype),
     # bfloat16 tile products (AMX; x and W rounded to bfloat16), what long texts' tokens take
-    "numba tiles": lambda x, w, qtype: numba_backend.amx.matmuls(x, [_packed(w, qtype, 16)], qtype)[0],
+    "numba tiles": lambda x, w, qtype: amx_matmul.matmuls(x, [_packed(w, qtype)], qtype)[0],
     "numba matmul()": _runtime,  # what the runtime calls: the pick per case
 }
 
@@ -91,7 +89,7 @@ def takes(design, f, qtype, x, w):
 
 def bench(types, ns, seconds):
     rng = np.random.default_rng(0)
-    names = {BLOCK_FORMATS[t][0].lower(): t for t in BLOCK_FORMATS}
+    names = {name: int(qt.ggml_type) for name, qt in QUANT_TYPES_BY_NAME.items()}
     print(f"{'type':6} {'n':>5}  " + "  ".join(f"{d:>16}" for d in DESIGNS) + "   GFLOP/s wall / per CPU-second")
     for tname in types:
         qtype = names[tname]
@@ -129,7 +127,7 @@ def main():
     args = p.parse_args()
     for name in set(DESIGNS) - set(args.designs or DESIGNS):
         del DESIGNS[name]
-    print(f"numba threads {numba_backend.numba.get_num_threads()}, vectors of {numba_backend.LANES} floats, numpy {np.__version__}")
+    print(f"numba threads {numba.get_num_threads()}, target {os.environ.get('NUMBA_CPU_NAME', 'host')}, numpy {np.__version__}")
     bench(args.types, args.n, args.seconds)
 
 
