@@ -20,10 +20,11 @@ from .config import Config
 from .gguf_file import GGUFFile, ModelFileError
 
 
-@dataclass(frozen=True)
+@dataclass
 class Weight:
     """One matrix as stored: `data` is uint8 (out_features, bytes per row) in `qtype` blocks; `packed` is what
-    kernels.matmul multiplies by (kernels.pack of data, or data itself)."""
+    kernels.matmul multiplies by (kernels.pack of data, or data itself; packed again when compiled kernels take
+    over from the numpy ones: see kernels.prepare)."""
 
     name: str
     qtype: int
@@ -67,6 +68,7 @@ class Weights:
 
 def load_weights(file: GGUFFile, config: Config) -> Weights:
     c = config
+    kernels.prepare({info.ggml_type for info in file.tensors.values() if len(info.shape) == 2})
     q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
 
     def matrix(kind: str, shape: tuple[int, int], layer: int | None = None, pack: bool = True) -> Weight:
@@ -102,7 +104,7 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
         )
 
     token_embd = matrix(F.TOKEN_EMBD, (c.vocab_size, c.hidden_size), pack=False)  # only rows are looked up
-    return Weights(
+    weights = Weights(
         token_embd=token_embd,
         layers=[layer(i) for i in range(c.num_hidden_layers)],
         output_norm=vector(F.OUTPUT_NORM, c.hidden_size),
@@ -111,6 +113,18 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
         read_token_rows=partial(file.read_rows, file.tensors[token_embd.name]),
         **_exact_token_rows(file, c),
     )
+    kernels.when_ready(partial(_repack, weights, file))
+    return weights
+
+
+def _repack(weights: Weights, file: GGUFFile) -> None:
+    """The layers' and the dense head's matrices packed as the kernels now bound read them fastest."""
+    matrices = [w for layer in weights.layers for w in vars(layer).values() if isinstance(w, Weight)]
+    for w in matrices + [weights.dense_2, weights.dense_3]:
+        packed = kernels.pack(w.data, w.qtype)
+        if packed is not w.packed:
+            w.packed = packed
+            file.release(file.tensors[w.name])
 
 
 def require_dense_head(file: GGUFFile) -> None:

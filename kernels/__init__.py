@@ -17,6 +17,9 @@ transformer needs besides. They know block formats and array shapes, not models.
     rms_norm_rope(x, w, eps, cos, sin) rms_norm, then x (tokens, heads, d) rotated, halves paired
                                       (x1 c - x2 s, x2 c + x1 s), one pass; into `out=` when given
     attention(q, k, v, scale, radius) softmax attention of one sequence, grouped heads, optional band |i-j|<=radius
+    prepare(qtypes)                   get the compiled kernels for these weight types ready (kernels/warm_start.py):
+                                      from Numba's disk cache at once, else compiled by a background process while
+                                      the numpy kernels answer; when_ready(callback) runs once they take over
 
 `w` is the weight as the GGUF file stores it: a C-contiguous uint8 array (rows, row_bytes), usually a read-only
 memory map; `qtype` a GGML type id. Two backends give the same answers: "numpy" (the oracle; Pyodide) and
@@ -34,6 +37,7 @@ import sys
 # applications should set it before their first `import numpy` (edgegemma's __init__, the CLI). A value set wins.
 if "numpy" not in sys.modules:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy_backend's BLAS: robust on a busy machine
 
 from .blocks import QUANT_TYPES, QUANT_TYPES_BY_NAME, QuantType, quant_type
 
@@ -56,19 +60,18 @@ def _choose_backend():
 
 
 BACKEND, _backend = _choose_backend()
-matmul = _backend.matmul
-matmuls = _backend.matmuls
-pack = _backend.pack
-MATMUL_ROWS = _backend.MATMUL_ROWS
-LONG_SEQUENCE = _backend.LONG_SEQUENCE
-dequantize_rows = _backend.dequantize_rows
-dequantize = _backend.dequantize
-rms_norm = _backend.rms_norm
-gelu_tanh = _backend.gelu_tanh
-gelu_tanh_mul = _backend.gelu_tanh_mul
-add_rms_norm = _backend.add_rms_norm
-rms_norm_rope = _backend.rms_norm_rope
-attention = _backend.attention
+_API = ("matmul", "matmuls", "pack", "MATMUL_ROWS", "LONG_SEQUENCE", "dequantize_rows", "dequantize", "rms_norm",
+        "gelu_tanh", "gelu_tanh_mul", "add_rms_norm", "rms_norm_rope", "attention")
 
-__all__ = ["BACKEND", "QUANT_TYPES", "QUANT_TYPES_BY_NAME", "QuantType", "quant_type", "matmul", "matmuls", "pack", "MATMUL_ROWS", "LONG_SEQUENCE", "dequantize_rows", "dequantize", "rms_norm",
-           "gelu_tanh", "gelu_tanh_mul", "add_rms_norm", "rms_norm_rope", "attention"]
+
+def _bind(backend) -> None:
+    """Make `backend`'s functions the ones this module hands out (callers look them up at each call)."""
+    globals().update({name: getattr(backend, name) for name in _API})
+
+
+_bind(_backend)
+
+from .warm_start import active_backend, prepare, when_ready  # noqa: E402  (it rebinds through _bind)
+
+__all__ = ["BACKEND", "QUANT_TYPES", "QUANT_TYPES_BY_NAME", "QuantType", "quant_type", "prepare", "when_ready",
+           "active_backend", *_API]

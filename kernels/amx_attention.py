@@ -193,7 +193,7 @@ def takes(length: int, d: int) -> bool:
 
 
 def attention(q, k, v, scale, radius, out):
-    """attention.attention's work (its checks done) where `takes` accepts the sequence."""
+    """self_attention.attention's work (its checks done) where `takes` accepts the sequence."""
     length, _, d = q.shape
     n_kv, panels = k.shape[1], -(-length // NR)
     k_hi, k_lo, v_hi, v_lo = (aligned((n_kv, panels, NR * d), np.uint16) for _ in range(4))
@@ -204,3 +204,4 @@ def attention(q, k, v, scale, radius, out):
     return out
 
 
+KERNELS = (_pack_tiles, _attention_worker, _attention_parallel)  # what attention launches

@@ -193,3 +193,5 @@ def matmuls(x, weights, qtype) -> list[np.ndarray]:
                plan.group, plan.nibbles)
     return [y[:n, :w.rows] if w.rows == y.shape[1] else np.ascontiguousarray(y[:n, :w.rows]) for y, w in zip(outputs, weights)]
 
+
+KERNELS = (_round_activations, _linear_worker, _linear_parallel)  # what matmuls launches

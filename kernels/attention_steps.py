@@ -1,4 +1,4 @@
-"""The steps of an attention task that both designs share (the float one in attention, the AMX one in
+"""The steps of an attention task that both designs share (the float one in self_attention, the AMX one in
 amx_attention): which queries and keys a task takes, its queries gathered and scaled, the softmax of its scores,
 and its output rows scattered back. A task is one key/value head and ATTENTION_BLOCK query positions.
 """

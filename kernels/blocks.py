@@ -74,6 +74,7 @@ def weight_bytes(w: np.ndarray, qtype) -> tuple[np.ndarray, int, int]:
     """
     qt = quant_type(qtype)
     name, block_size, type_size = qt.label, qt.block_size, qt.type_size
+    w = getattr(w, "stored", w)  # a weight packed for a compiled design carries the bytes it was packed from
     if not isinstance(w, np.ndarray) or w.ndim != 2:
         raise ValueError(f"{name} weight must be a 2-D array (rows, row_bytes), got {getattr(w, 'shape', type(w).__name__)}")
     if not w.flags.c_contiguous:

@@ -177,3 +177,5 @@ def dequantize_rows(w, qtype, row_ids) -> np.ndarray:
     compiled(_decode_rows)(int(qtype), w, ids, out)
     return out
 
+
+KERNELS = (_decode_rows, _decode_tile)  # what dequantize(_rows) launch

@@ -166,3 +166,6 @@ def rms_norm_rope(x, weight, eps, cos, sin, out=None) -> np.ndarray:
     split(_rms_norm_rope_rows, _rms_norm_rope_parallel, x.shape[0], per_task, x, weight, np.float32(eps), cos, sin, out)
     return out
 
+
+KERNELS = (_rms_norm_rows, _rms_norm_parallel, _add_rms_norm_rows, _add_rms_norm_parallel, _gelu_tanh_mul_range,
+           _gelu_tanh_mul_parallel, _rms_norm_rope_rows, _rms_norm_rope_parallel, _gelu_tanh_range, _gelu_tanh_parallel)

@@ -206,3 +206,6 @@ def matmul_dot(x, w, qtype) -> np.ndarray:
 def matmul_outer(x, w, qtype) -> np.ndarray:
     """Design "outer": tasks of NR rows, decoded and packed once, times every token by the outer-product kernel."""
     return _run((_outer_tasks, _outer_worker, _outer_parallel), x, w, qtype)
+
+
+KERNELS = (_dot_worker, _dot_parallel, _outer_worker, _outer_parallel)  # what matmul_dot / matmul_outer launch

@@ -201,3 +201,5 @@ def matmul_int(x, w, qtype) -> np.ndarray:
     """matmul_int_shared with one weight."""
     return matmul_int_shared(x, [w], qtype)[0]
 
+
+KERNELS = (_quantize_rows, _quantize_parallel, _int_worker, _int_parallel)  # what matmul_int(_shared) launch

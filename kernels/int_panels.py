@@ -198,13 +198,14 @@ def _pack_panels(qtype, w, layout, panels, scales):
 
 class PackedWeight:
     """A Q8_0 or Q4_0 weight packed for the integer design (pack_int): `panels` uint8 (panels, bytes), one per NR
-    rows; `scales` float16 bits (panels, blocks * NR)."""
+    rows; `scales` float16 bits (panels, blocks * NR); `stored`, the weight as stored."""
 
-    __slots__ = ("qtype", "rows", "k", "layout", "panels", "scales", "launches")
+    __slots__ = ("qtype", "rows", "k", "layout", "panels", "scales", "stored", "launches")
 
-    def __init__(self, qtype, rows, k, layout, panels, scales):
+    def __init__(self, qtype, rows, k, layout, panels, scales, stored):
         self.qtype, self.rows, self.k, self.layout = qtype, rows, k, layout
         self.panels, self.scales = panels, scales
+        self.stored = stored  # the bytes it was packed from: what every other design reads
         self.launches: dict = {}  # the calls it leads (int_matmul.launch_plan)
 
     @property
@@ -229,4 +230,7 @@ def pack_int(w, qtype) -> PackedWeight:
         compiled(_pack_panels)(qtype, read_only(w), layout, panels, scales)
     halves = aligned(scales.shape, np.uint16)
     halves[:] = scales.astype(np.float16).view(np.uint16)  # exact: they were float16
-    return PackedWeight(qtype, rows, k, layout, panels, halves)
+    return PackedWeight(qtype, rows, k, layout, panels, halves, w)
+
+
+KERNELS = (_pack_panels,)  # what pack_int launches

@@ -4,6 +4,7 @@ first use only, and the two launch patterns every parallel kernel follows.
     jit(signature, calls=())    numba.njit with cache=True, nogil, numpy's division rules; signature declared
     inner()                     a function only compiled code calls (compiled into its callers)
     compiled(kernel)            the kernel with its declared signature compiled, once
+    load_cached(kernel)         the same from Numba's disk cache only: whether it was there
     launch(worker, parallel, threads, *args)        a task-claiming kernel on `threads` threads
     split(rows, parallel, n, per_task, *args)       a row-range kernel, over rows in parallel when there are enough
 """
@@ -14,6 +15,7 @@ import sys
 import numba
 import numpy as np
 from numba import types
+from numba.core.compiler_lock import global_compiler_lock
 
 from . import compiler_pages
 
@@ -89,6 +91,26 @@ def _compile_declared(kernel) -> bool:
         _compile_declared(callee)
     kernel.compile(declared)
     kernel.disable_compile()  # a call with other types is an error, not a silent second compile
+    kernel._declared = None
+    return True
+
+
+def load_cached(kernel) -> bool:
+    """Make `kernel` ready without compiling: whether it was compiled already, or its declared signature (and its
+    callees') could be loaded from Numba's disk cache now (~10 ms a kernel)."""
+    declared = getattr(kernel, "_declared", None)
+    if declared is None:
+        return True
+    _load_target()
+    if not all([load_cached(callee) for callee in kernel._calls]):
+        return False
+    with global_compiler_lock:
+        cres = kernel._cache.load_overload(declared, kernel.targetctx)
+        if cres is None:
+            return False
+        kernel.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])  # as Dispatcher.compile
+        kernel.add_overload(cres)
+    kernel.disable_compile()
     kernel._declared = None
     return True
 

@@ -5,7 +5,7 @@ designs live one to a module (kernels/DESIGN.md has the measurements behind each
     float_matmul    "dot" (n < OUTER_MIN_N) and "outer" (larger n)   any block type
     int_matmul      int16 activations times the blocks' integers     Q8_0 / Q4_0 where the target has AVX-512 VNNI
     amx_matmul      bfloat16 AMX tiles, for long sequences           Q8_0 / Q4_0 on CPUs with AMX
-    attention       float32, or AMX tiles from amx_attention.MIN_LENGTH tokens
+    self_attention  float32, or AMX tiles from amx_attention.MIN_LENGTH tokens
     elementwise     norms, GeGLU, RoPE
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from . import cpu  # noqa: F401  (first: it sets what Numba reads when it starts
 
 import numpy as np
 
-from . import amx_matmul
-from .attention import attention
+from . import amx_attention, amx_matmul, self_attention, decode, elementwise, float_matmul, int_matmul, int_panels
+from .self_attention import attention
 from .decode import dequantize, dequantize_rows
 from .elementwise import add_rms_norm, gelu_tanh, gelu_tanh_mul, rms_norm, rms_norm_rope
 from .float_matmul import matmul_dot, matmul_outer
@@ -66,6 +66,20 @@ def pack(w, qtype):
     if int(qtype) in INT_TYPES:
         return pack_int(w, qtype)
     return w
+
+
+def kernels_for(qtypes) -> list:
+    """The compiled kernels this module's functions launch for weights of these types on this target: what a
+    process must compile (or load from the disk cache) to run a model stored in them."""
+    types_ = {int(t) for t in qtypes}
+    needed = [*decode.KERNELS, *elementwise.KERNELS, *self_attention.KERNELS]
+    if types_ - INT_TYPES:
+        needed += float_matmul.KERNELS
+    if types_ & INT_TYPES:
+        needed += int_panels.KERNELS + int_matmul.KERNELS
+        needed += amx_matmul.KERNELS if amx_matmul.AVAILABLE else ()
+    needed += amx_attention.KERNELS if amx_attention.AVAILABLE else ()
+    return needed
 
 
 __all__ = ["matmul", "matmuls", "pack", "MATMUL_ROWS", "LONG_SEQUENCE", "dequantize", "dequantize_rows", "rms_norm",

@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests compare the compiled kernels with the numpy ones: a model loaded in the suite compiles what it needs before
+# its first call rather than answering from numpy meanwhile (test_warm_start covers that behaviour itself).
+os.environ.setdefault("EDGEGEMMA_COMPILE", "wait")
 
 # --- the tiny checkpoint ---------------------------------------------------------------
 

@@ -596,7 +596,8 @@ def run_python(code: str, env: dict | None = None, path_first: str | None = None
 
 
 SMOKE = """
-    import numpy as np, gguf, kernels
+    import numpy as np, gguf
+    from edgegemma import kernels
     w = gguf.quants.quantize(np.ones((3, 64), np.float32), gguf.GGMLQuantizationType.Q4_0)
     y = kernels.matmul(np.ones((2, 64), np.float32), w, 2)
     assert np.allclose(y, 64.0), y

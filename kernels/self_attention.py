@@ -111,3 +111,5 @@ def attention(q, k, v, scale, radius, out=None) -> np.ndarray:
            n_tasks)
     return out
 
+
+KERNELS = (_pack_keys_values, _attention_worker, _attention_parallel)  # what attention launches
