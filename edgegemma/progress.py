@@ -17,9 +17,10 @@ from typing import Iterator, TextIO
 from tqdm import tqdm
 
 TTY_INTERVAL = 0.2  # seconds between redraws on a terminal
-LOG_INTERVAL = 3.0  # seconds between lines in a log: well inside the 5 s a user should ever wait
+LOG_INTERVAL = 2.0  # seconds between lines in a log: well inside the 5 s a user should ever wait, with room
 TTY_TICK = 1.0  # an idle bar is redrawn this often on a terminal (its clock moves)...
-LOG_TICK = 3.0  # ...and in a log
+LOG_TICK = 2.0  # ...and in a log (a busy 2-core machine delays the redraw by a second or more)
+TICK_POLL = 0.25  # how often the ticker looks
 
 
 class _Lines:
@@ -74,7 +75,7 @@ def bar(desc: str, total: float | None = None, unit: str = "it", *, unit_scale: 
 
 def _tick(progress: tqdm, stop: threading.Event, every: float) -> None:
     """Redraw `progress` whenever it has shown nothing for `every` seconds."""
-    while not stop.wait(min(every, 1.0)):
+    while not stop.wait(TICK_POLL):
         if time.time() - progress.last_print_t >= every:
             progress.refresh()
             progress.last_print_t = time.time()

