@@ -55,7 +55,7 @@ def convert(
     quantizer: "ggml" (ggml's scales, gguf.quants' bytes), "search" (searched scales), "imatrix"
     (searched, weighted by calibration statistics, see converter.calibrate) or "gptq" (imatrix's
     scales plus GPTQ's error compensation, see converter.gptq); None picks default_quantizer
-    (gptq for files with Q4_0/Q8_0 tensors).
+    (gptq for q4_0 and mixed, search for q8_0 and e4_q8, ggml for float files).
 
     Raises ConversionError for anything wrong with the input or the output path; on any
     failure (KeyboardInterrupt included) the temporary file is removed and `out` is untouched.
@@ -74,7 +74,7 @@ def convert(
     # plan
     plan = [(t, *storage_type(recipe, t.name, t.shape)) for t in ckpt.tensors]
     if quantizer is None:
-        quantizer = default_quantizer(recipe, [qt for _, qt, _ in plan])
+        quantizer = default_quantizer({t.name: qt for t, qt, _ in plan})
     if quantizer not in QUANTIZERS:
         raise ConversionError(f"unknown --quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
     blocks = any(qt.name in BLOCK_TYPES for _, qt, _ in plan)

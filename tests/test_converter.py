@@ -27,7 +27,11 @@ from edgegemma import cli
 from edgegemma import formats as F
 
 RECIPE_NAMES = ["f32", "f16", "bf16", "q8_0", "q4_0", "mixed", "e4_q8"]
-BLOCK_RECIPES = ["q8_0", "q4_0", "mixed", "e4_q8"]  # these get the gptq quantizer by default
+BLOCK_RECIPES = ["q8_0", "q4_0", "mixed", "e4_q8"]
+# The quantizer each recipe gets by default: gptq where Q4_0 weights are multiplied, the scale search where
+# the blocks are Q8_0 weights and at most a Q4_0 lookup table, ggml's rule for float files.
+DEFAULT_QUANTIZER = {"f32": "ggml", "f16": "ggml", "bf16": "ggml", "q8_0": "search", "e4_q8": "search",
+                     "q4_0": "gptq", "mixed": "gptq"}
 FILE_TYPES = {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_0": 2, "mixed": 2, "e4_q8": 7}  # llama.cpp's LLAMA_FTYPE_*
 MAX_ERROR = {"f32": 0.0, "f16": 1e-3, "bf16": 5e-3, "q8_0": 1e-2, "q4_0": 0.12}  # per tensor, relative RMS
 # GPTQ moves weights off their nearest level to cut the error of the layer's output, so the weights'
@@ -94,11 +98,11 @@ def test_tensors_read_back(recipe, tiny_checkpoint, tiny_gguf):
 
 
 @pytest.mark.parametrize("recipe", BLOCK_RECIPES)
-def test_default_quantizer_files(recipe, tiny_checkpoint, tiny_gguf):
-    """The default (gptq) file: the same types and block layout, read by gguf.quants, and for each
+def test_gptq_files(recipe, tiny_checkpoint, tiny_gguf):
+    """The gptq file: the same types and block layout, read by gguf.quants, and for each
     tensor with calibration statistics less output error on the calibration inputs than ggml's rule."""
     calibration = pipeline.calibration(tiny_checkpoint, report=lambda line: None)
-    ours = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe)).tensors}
+    ours = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe, "gptq")).tensors}
     ggml = {t.name: t for t in gguf.GGUFReader(tiny_gguf(recipe, "ggml")).tensors}
     source = hf_tensors(tiny_checkpoint)
     changed = 0
@@ -114,7 +118,7 @@ def test_default_quantizer_files(recipe, tiny_checkpoint, tiny_gguf):
         assert np.linalg.norm(back - w) / np.linalg.norm(w) <= GPTQ_MAX_ERROR[F.QUANT_TYPES[T(t.tensor_type)].name], name
         changed += np.asarray(t.data).tobytes() != np.asarray(ggml[name].data).tobytes()
     assert changed > len(ours) // 2  # most tensors' blocks differ from ggml's
-    lines = tiny_gguf.lines[recipe]
+    lines = tiny_gguf.lines[f"{recipe}-gptq"]
     assert any(line.startswith("calibration: ") for line in lines)
     assert "out.err" in next(line for line in lines if "blk.0.attn_q.weight" in line)
     assert "quantizer gptq" in lines[-1]
@@ -183,7 +187,7 @@ def test_metadata(recipe, tiny_checkpoint, tiny_gguf):
     assert stored["fact_checking"] == "task: fact checking | query: "
     assert stored["code_retrieval"] == "task: code retrieval | query: "
     assert field(reader, F.KEY_RECIPE) == recipe
-    assert field(reader, F.KEY_QUANTIZER) == ("gptq" if recipe in BLOCK_RECIPES else "ggml")
+    assert field(reader, F.KEY_QUANTIZER) == DEFAULT_QUANTIZER[recipe]
     assert field(reader, F.KEY_CONVERTER_VERSION)
     model = reader.get_field(F.KEY_TOKENIZER_MODEL)
     assert model.types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT8]
