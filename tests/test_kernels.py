@@ -770,3 +770,19 @@ def test_round_to_bf16_is_nearest_with_ties_to_even():
     assert (np.abs(r.astype(np.float64) - a) <= step / 2).all()  # the nearest: within half a step
     ties = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8)], np.float32)  # halfway: to the even one
     np.testing.assert_array_equal(numpy_backend.round_to_bf16(ties), np.array([1, 1 + 2.0 ** -6, -1], np.float32))
+
+
+@pytest.mark.skipif(NO_JIT or numba_backend is None or not sys.platform.startswith("linux"), reason="the outer run, compiling")
+def test_a_portable_target_compiles_and_agrees(tmp_path):
+    """NUMBA_CPU_NAME=generic (what a portable build or a shared cache uses): every design decision follows the
+    compile target, not the host, so the kernels compile (no host-only instruction or half-float library call)
+    and give numpy's answers."""
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEGEMMA_BACKEND", "NUMBA_CPU_FEATURES")}
+    env.update(NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(Path(__file__)),
+         "-k", "numba_equals_numpy or every_half or int_matmul_against_numpy or attention_matches or elementwise"],
+        env=env, capture_output=True, text=True, timeout=1500, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
