@@ -32,6 +32,7 @@ import numpy as np
 from edgegemma import formats as F
 
 from .calibration_texts import calibration_texts
+from .progress import bar
 
 CALIBRATION_VERSION = 4  # 2: full second moments, not only their diagonal; 3: span means for the dense head, the
 # reference manual; 4: multilingual passages (3,200 tokens in 26 languages, up from 500 tokens)
@@ -143,8 +144,9 @@ def span_means(x: np.ndarray, lengths: list[int]) -> np.ndarray:
 
 
 def collect(gguf_path: str | Path, texts: list[str], report: Callable[[str], None] = print,
-            batch_tokens: int = 1024) -> dict[str, np.ndarray]:
-    """Run the float model in `gguf_path` over `texts` (prompts in turn); the second moments per trace point."""
+            batch_tokens: int = 1024, progress: bool = False) -> dict[str, np.ndarray]:
+    """Run the float model in `gguf_path` over `texts` (prompts in turn); the second moments per trace point.
+    progress: a bar on stderr counting the tokens done, with an ETA."""
     import edgegemma
     from edgegemma.model import linear
 
@@ -162,13 +164,15 @@ def collect(gguf_path: str | Path, texts: list[str], report: Callable[[str], Non
             stats("pooled", means)
             stats("dense_2", linear(means, model.model.weights.dense_2))
 
-    for seq in sorted(ids, key=len) + [None]:  # None flushes the last batch
-        if seq is not None and (not batch or sum(map(len, batch)) + len(seq) <= batch_tokens):
-            batch.append(seq)
-            continue
-        model.model.forward(batch, trace=note)
-        done += sum(map(len, batch))
-        batch = [seq] if seq is not None else []
+    with bar("calibration: float model over the texts", sum(map(len, ids)), "tok", progress) as tokens:
+        for seq in sorted(ids, key=len) + [None]:  # None flushes the last batch
+            if seq is not None and (not batch or sum(map(len, batch)) + len(seq) <= batch_tokens):
+                batch.append(seq)
+                continue
+            model.model.forward(batch, trace=note)
+            done += sum(map(len, batch))
+            tokens.update(sum(map(len, batch)))
+            batch = [seq] if seq is not None else []
     report(f"calibration: {len(texts)} texts, {done} tokens through the float model in {time.perf_counter() - started:.1f} s")
     return stats.moments(model.config.num_hidden_layers)
 
@@ -201,7 +205,7 @@ def cache_dir() -> Path:
 
 
 def statistics(src: str | Path, write_float_model: Callable[[Path], None], report: Callable[[str], None] = print,
-               use_cache: bool = True) -> Calibration:
+               use_cache: bool = True, progress: bool = False) -> Calibration:
     """The calibration statistics of the checkpoint folder `src`, from the cache or computed now.
 
     write_float_model(path): writes `src` as an F32 GGUF file at `path`, the model the texts run through."""
@@ -216,7 +220,7 @@ def statistics(src: str | Path, write_float_model: Callable[[Path], None], repor
         f32 = Path(tmp) / "f32.gguf"
         write_float_model(f32)
         report(f"calibration: float model written in {time.perf_counter() - started:.1f} s")
-        result = collect(f32, texts, report)
+        result = collect(f32, texts, report, progress=progress)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.npz")

@@ -24,6 +24,7 @@ from .checkpoint import Checkpoint, TensorSource, open_checkpoint
 from .errors import ConversionError
 from .exact_rows import exact_token_ids, exact_token_rows
 from .metadata import add_metadata
+from .progress import bar
 from .quantizers import (BLOCK_TYPES, CALIBRATED, QUANTIZERS, QuantizedTensor, TensorReport, default_quantizer)
 from .recipes import RECIPES, Recipe, storage_type
 from .vocab import Vocab, read_vocab
@@ -32,12 +33,13 @@ from .writer import check_output, write_gguf
 Report = Callable[[str], None]
 
 
-def calibration(src: str | Path, report: Report = print, use_cache: bool = True) -> calibrate.Calibration:
+def calibration(src: str | Path, report: Report = print, use_cache: bool = True,
+                progress: bool = False) -> calibrate.Calibration:
     """The calibration statistics of the checkpoint folder `src` (cached, or computed from its float model)."""
     def write_float_model(path: Path) -> None:
-        convert(src, path, "f32", quantizer="ggml", report=lambda line: None)
+        convert(src, path, "f32", quantizer="ggml", report=lambda line: None, progress=progress)
 
-    return calibrate.statistics(src, write_float_model, report, use_cache)
+    return calibrate.statistics(src, write_float_model, report, use_cache, progress)
 
 
 def _exact_rows(ckpt: Checkpoint, vocab: Vocab, table: TensorSource, report: Report) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +50,7 @@ def _exact_rows(ckpt: Checkpoint, vocab: Vocab, table: TensorSource, report: Rep
 
 def convert(
     src: str | Path, out: str | Path, recipe_name: str, *, force: bool = False,
-    report: Report = print, quantizer: str | None = None,
+    report: Report = print, quantizer: str | None = None, progress: bool = False,
 ) -> list[TensorReport]:
     """Convert the sentence-transformers folder `src` into the GGUF file `out` with a recipe.
 
@@ -56,6 +58,8 @@ def convert(
     (searched, weighted by calibration statistics, see converter.calibrate) or "gptq" (imatrix's
     scales plus GPTQ's error compensation, see converter.gptq); None picks default_quantizer
     (gptq for q4_0 and mixed, search for q8_0 and e4_q8, ggml for float files).
+    progress: bars on stderr (edgegemma.progress) for the calibration and the writing, which counts
+    the weights quantized; report gets the lines either way.
 
     Raises ConversionError for anything wrong with the input or the output path; on any
     failure (KeyboardInterrupt included) the temporary file is removed and `out` is untouched.
@@ -79,11 +83,10 @@ def convert(
         raise ConversionError(f"unknown --quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
     blocks = any(qt.name in BLOCK_TYPES for _, qt, _ in plan)
     # calibrate
-    stats = calibration(src, report) if quantizer in CALIBRATED and blocks else None
+    stats = calibration(src, report, progress=progress) if quantizer in CALIBRATED and blocks else None
     table, table_type, _ = next(p for p in plan if p[0].name == F.tensor_name(F.TOKEN_EMBD))
     exact_rows = _exact_rows(ckpt, vocab, table, report) if quantizer != "ggml" and table_type.name == "q4_0" else None
     # quantize and write
-    tensors = [QuantizedTensor(ckpt, t, qt, quantizer, stats) for t, qt, _ in plan]
     reports: list[TensorReport] = []
     width = max(len(t.name) for t in ckpt.tensors)
 
@@ -95,7 +98,10 @@ def convert(
         report(f"[{i + 1:3d}/{len(plan)}] {t.name:<{width}}  {qt.name:<4}  {dims:<14}  rel.rms.err {r.rel_rms_error:.2e}"
                + (f"  out.err {r.weighted_error:.2e}" if r.weighted_error is not None else "") + (f"  ({note})" if note else ""))
 
-    write_gguf(out, lambda writer: add_metadata(writer, ckpt, vocab, recipe, quantizer, exact_rows), tensors, written)
+    values = sum(int(np.prod(t.shape)) for t in ckpt.tensors)
+    with bar(f"writing {out.name} ({recipe.name}, {quantizer})", values, "weights", progress) as weights_done:
+        tensors = [QuantizedTensor(ckpt, t, qt, quantizer, stats, weights_done.update) for t, qt, _ in plan]
+        write_gguf(out, lambda writer: add_metadata(writer, ckpt, vocab, recipe, quantizer, exact_rows), tensors, written)
     worst = max(reports, key=lambda r: r.rel_rms_error)
     report(f"wrote {out}: {out.stat().st_size / 2**20:.1f} MiB, {len(reports)} tensors, recipe {recipe.name}, quantizer {quantizer}, "
            f"largest error {worst.rel_rms_error:.2e} ({worst.name}), {time.perf_counter() - started:.1f} s")

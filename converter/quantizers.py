@@ -9,7 +9,7 @@ sums that measure the error it introduced.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -66,11 +66,12 @@ class QuantizedTensor:
     for big-endian output, which we never write), so handing it this object streams the
     tensor into place with the writer's own alignment and order bookkeeping. The statistics
     a calibrated quantizer needs are fetched only then, so one tensor's are in memory at a time.
+    done(n) is called after each chunk of n values is written (a progress bar's update).
     """
 
     def __init__(self, ckpt: Checkpoint, source: TensorSource, qt: QuantType, quantizer: str = "ggml",
-                 calibration: Calibration | None = None):
-        self.ckpt, self.source, self.qt, self.calibration = ckpt, source, qt, calibration
+                 calibration: Calibration | None = None, done: Callable[[int], object] = lambda values: None):
+        self.ckpt, self.source, self.qt, self.calibration, self.done = ckpt, source, qt, calibration, done
         self.name, self.byte_shape = source.name, byte_shape(source.shape, qt)
         self.nbytes = int(np.prod(self.byte_shape))
         self.rule = "ggml" if quantizer == "ggml" else "search"
@@ -102,6 +103,7 @@ class QuantizedTensor:
                 packed = pack(chunk, self.qt, self.rule, importance, self.lookup)
             fout.write(memoryview(np.ascontiguousarray(packed)).cast("B"))
             written += packed.nbytes
+            self.done(chunk.size)
             e, r = error_sums(chunk, packed, self.qt)
             self.err_sq += e
             self.ref_sq += r
