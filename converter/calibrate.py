@@ -34,8 +34,9 @@ from edgegemma import formats as F
 from .calibration_texts import calibration_texts
 from .progress import bar
 
-CALIBRATION_VERSION = 4  # 2: full second moments, not only their diagonal; 3: span means for the dense head, the
-# reference manual; 4: multilingual passages (3,200 tokens in 26 languages, up from 500 tokens)
+CALIBRATION_VERSION = 5  # 2: full second moments, not only their diagonal; 3: span means for the dense head, the
+# reference manual; 4: multilingual passages (3,200 tokens in 26 languages, up from 500 tokens); 5: summed in
+# float32, stored as upper triangles
 
 # Trace point -> the weights that take it as input.
 INPUTS: dict[str, tuple[str, ...]] = {
@@ -49,7 +50,7 @@ INPUTS: dict[str, tuple[str, ...]] = {
 
 
 class Statistics:
-    """Running Σ xᵀx (the inputs' Gram matrix) and the row count, for every trace point in INPUTS."""
+    """Running Σ xᵀx (the inputs' Gram matrix, float32) and the row count, for every trace point in INPUTS."""
 
     def __init__(self):
         self.gram: dict[str, np.ndarray] = {}
@@ -58,21 +59,45 @@ class Statistics:
     def __call__(self, name: str, value: np.ndarray) -> None:
         if not (name in INPUTS or (name.startswith("blk.") and name.count(".") == 2)):
             return
-        v = np.asarray(value, np.float64).reshape(-1, value.shape[-1])
-        self.gram[name] = self.gram.get(name, 0) + v.T @ v
+        v = np.ascontiguousarray(value, np.float32).reshape(-1, value.shape[-1])
+        gram = v.T @ v  # numpy computes xᵀx as one symmetric product (BLAS syrk)
+        if name in self.gram:
+            self.gram[name] += gram
+        else:
+            self.gram[name] = gram
         self.rows[name] = self.rows.get(name, 0) + v.shape[0]
 
     def moments(self, n_layers: int) -> dict[str, np.ndarray]:
-        """Trace point -> E[x xᵀ] over the calibration rows, float32; ROWS_KEY -> the row counts."""
+        """Trace point -> E[x xᵀ] over the calibration rows as its upper triangle (pack_symmetric);
+        ROWS_KEY -> the row counts. Empties the running sums as it goes."""
         out = {}
         points = [p.format(bid=layer) for p in INPUTS if "{bid}" in p for layer in range(n_layers)]
         points += [p for p in INPUTS if "{bid}" not in p]
         for name in points:
             if name not in self.gram:
                 raise RuntimeError(f"calibration: the forward pass reported no {name!r}")
-            out[name] = (self.gram[name] / self.rows[name]).astype(np.float32)
+            gram = self.gram.pop(name)
+            gram /= self.rows[name]
+            out[name] = pack_symmetric(gram)
         out[ROWS_KEY] = np.array([self.rows[name] for name in points], np.int64)
         return out
+
+
+def pack_symmetric(m: np.ndarray) -> np.ndarray:
+    """A symmetric (n, n) matrix as its upper triangle, row by row: n (n + 1) / 2 values."""
+    return m[np.triu_indices(len(m))]
+
+
+def unpack_symmetric(packed: np.ndarray) -> np.ndarray:
+    """The (n, n) float32 matrix whose upper triangle is `packed` (pack_symmetric's order)."""
+    n = int(round((np.sqrt(8 * len(packed) + 1) - 1) / 2))
+    if n * (n + 1) // 2 != len(packed):
+        raise ValueError(f"{len(packed)} values are not the upper triangle of a square matrix")
+    m = np.empty((n, n), np.float32)
+    upper = np.triu_indices(n)
+    m[upper] = packed
+    m.T[upper] = packed
+    return m
 
 
 ROWS_KEY = "rows"  # in the moments: how many input rows each point saw, in the order of the points
@@ -81,7 +106,8 @@ ROWS_KEY = "rows"  # in the moments: how many input rows each point saw, in the 
 class Calibration:
     """What the calibration run measured, per weight tensor: the second moment E[x xᵀ] of its
     input (for the gptq quantizer), its diagonal E[x²] (the importance, for imatrix) and the
-    number of input rows behind it. Reads an .npz lazily: one matrix at a time in memory."""
+    number of input rows behind it. Reads an .npz lazily: one matrix at a time in memory.
+    The moments are stored as upper triangles (Statistics.moments)."""
 
     def __init__(self, moments):
         self._moments = moments
@@ -103,7 +129,8 @@ class Calibration:
         return self._point[tensor]
 
     def moment(self, tensor: str) -> np.ndarray:
-        return np.asarray(self._moments[self._point[tensor]], np.float32)
+        """E[x xᵀ] of `tensor`'s input, float32 (n, n)."""
+        return unpack_symmetric(np.asarray(self._moments[self._point[tensor]], np.float32))
 
     def importance(self, tensor: str) -> np.ndarray:
         return np.ascontiguousarray(np.diagonal(self.moment(tensor)))
@@ -208,7 +235,8 @@ def statistics(src: str | Path, write_float_model: Callable[[Path], None], repor
                use_cache: bool = True, progress: bool = False) -> Calibration:
     """The calibration statistics of the checkpoint folder `src`, from the cache or computed now.
 
-    write_float_model(path): writes `src` as an F32 GGUF file at `path`, the model the texts run through."""
+    write_float_model(path): writes `src` as an F32 GGUF file at `path`, the model the texts run through.
+    Statistics computed now are read back from the cache, so that only one tensor's are in memory at a time."""
     src = Path(src)
     texts = calibration_texts()
     path = cache_dir() / f"{cache_key(src, texts)}.npz"
@@ -221,10 +249,12 @@ def statistics(src: str | Path, write_float_model: Callable[[Path], None], repor
         write_float_model(f32)
         report(f"calibration: float model written in {time.perf_counter() - started:.1f} s")
         result = collect(f32, texts, report, progress=progress)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.npz")
-        np.savez(tmp_path, **result)
-        os.replace(tmp_path, path)
-    return Calibration(result)
+    if not use_cache:
+        return Calibration(result)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(tmp_path, **result)
+    os.replace(tmp_path, path)
+    del result
+    return Calibration(np.load(path))
 

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import PROMPTS, make_tiny_checkpoint
 import edgegemma
-from edgegemma.converter import pipeline, quantizers, writer
+from edgegemma.converter import calibrate, pipeline, quantizers, writer
 from edgegemma.converter.calibration_texts import calibration_texts
 from edgegemma.converter.exact_rows import N_FREQUENT
 from edgegemma.converter.recipes import E4_Q8_TYPES, MIXED_TYPES, RECIPES, storage_type
@@ -267,6 +267,34 @@ def test_report_lines(tiny_gguf):
     assert reports["blk.0.attn_norm.weight"].rel_rms_error == 0.0
     assert 0.05 < reports["blk.0.ffn_up.weight"].rel_rms_error < 0.12
     assert 0.001 < reports["blk.0.attn_v.weight"].rel_rms_error < 0.01
+
+
+def test_calibration_statistics_are_second_moments(tmp_path):
+    """Statistics sums xᵀx in float32 over batches; the moments, stored as upper triangles, read back as the
+    full E[x xᵀ] (float64 reference), symmetric, through an .npz file as through memory."""
+    rng = np.random.default_rng(0)
+    scale = np.geomspace(0.01, 30, 48).astype(np.float32)  # columns of very different sizes, as activations have
+    points = {"blk.0.attn_norm": 48, "blk.0.attn_out_in": 48, "blk.0.ffn_norm": 48, "blk.0.ffn_down_in": 80,
+              "pooled": 48, "dense_2": 32}
+    stats, seen = calibrate.Statistics(), {}
+    for point, width in points.items():
+        batches = [rng.standard_normal((n, width)).astype(np.float32) * np.resize(scale, width) + 0.5 for n in (7, 300, 61)]
+        for b in batches:
+            stats(point, b)
+        seen[point] = np.concatenate(batches).astype(np.float64)
+    stats("blk.0", rng.standard_normal((3, 48)))  # not an input of any weight: ignored
+    moments = stats.moments(n_layers=1)
+    np.savez(tmp_path / "m.npz", **moments)
+    for source in (moments, np.load(tmp_path / "m.npz")):
+        cal = calibrate.Calibration(source)
+        for tensor, point in {"blk.0.attn_k.weight": "blk.0.attn_norm", "blk.0.ffn_down.weight": "blk.0.ffn_down_in",
+                              "dense_2.weight": "pooled", "dense_3.weight": "dense_2"}.items():
+            x = seen[point]
+            h = cal.moment(tensor)
+            assert h.dtype == np.float32 and np.array_equal(h, h.T), tensor
+            np.testing.assert_allclose(h, x.T @ x / len(x), rtol=2e-6, atol=2e-6 * np.abs(h).max(), err_msg=tensor)
+            assert cal.rows(tensor) == len(x)
+        assert len(source["blk.0.ffn_down_in"]) == 80 * 81 // 2  # the upper triangle only
 
 
 def test_fast_metadata_arrays_write_the_same_bytes():
