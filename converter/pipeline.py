@@ -25,7 +25,8 @@ from .errors import ConversionError
 from .exact_rows import exact_token_ids, exact_token_rows
 from .metadata import add_metadata
 from .progress import bar
-from .quantizers import (BLOCK_TYPES, CALIBRATED, QUANTIZERS, QuantizedTensor, TensorReport, default_quantizer)
+from .quantizers import (BLOCK_TYPES, CALIBRATED, QUANTIZERS, GptqFactors, QuantizedTensor, TensorReport,
+                         default_quantizer)
 from .recipes import RECIPES, Recipe, storage_type
 from .vocab import Vocab, read_vocab
 from .writer import check_output, write_gguf
@@ -100,7 +101,8 @@ def convert(
 
     values = sum(int(np.prod(t.shape)) for t in ckpt.tensors)
     with bar(f"writing {out.name} ({recipe.name}, {quantizer})", values, "weights", progress) as weights_done:
-        tensors = [QuantizedTensor(ckpt, t, qt, quantizer, stats, weights_done.update) for t, qt, _ in plan]
+        factors = GptqFactors(stats)
+        tensors = [QuantizedTensor(ckpt, t, qt, quantizer, stats, factors, weights_done.update) for t, qt, _ in plan]
         write_gguf(out, lambda writer: add_metadata(writer, ckpt, vocab, recipe, quantizer, exact_rows), tensors, written)
     worst = max(reports, key=lambda r: r.rel_rms_error)
     report(f"wrote {out}: {out.stat().st_size / 2**20:.1f} MiB, {len(reports)} tensors, recipe {recipe.name}, quantizer {quantizer}, "

@@ -59,6 +59,21 @@ class TensorReport:
     weighted_error: float | None = None  # sqrt(Σ ΔW H ΔWᵀ / Σ W H Wᵀ), H = E[x xᵀ]: the relative output error on calibration inputs
 
 
+class GptqFactors:
+    """GPTQ's column order and inverse factor for a tensor's input, computed once for the tensors that
+    share it (q, k and v; gate and up, written one after the other) and kept until another input's."""
+
+    def __init__(self, calibration: Calibration | None):
+        self.calibration, self.point, self.value = calibration, None, None
+
+    def __call__(self, tensor: str, moment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        point = self.calibration.point(tensor)
+        if point != self.point:
+            order = gptq.activation_order(moment)
+            self.point, self.value = point, (order, gptq.inverse_factor(moment[np.ix_(order, order)]))
+        return self.value
+
+
 class QuantizedTensor:
     """One tensor's bytes, produced chunk by chunk when the writer asks for them.
 
@@ -70,8 +85,10 @@ class QuantizedTensor:
     """
 
     def __init__(self, ckpt: Checkpoint, source: TensorSource, qt: QuantType, quantizer: str = "ggml",
-                 calibration: Calibration | None = None, done: Callable[[int], object] = lambda values: None):
+                 calibration: Calibration | None = None, factors: GptqFactors | None = None,
+                 done: Callable[[int], object] = lambda values: None):
         self.ckpt, self.source, self.qt, self.calibration, self.done = ckpt, source, qt, calibration, done
+        self.factors = factors or GptqFactors(calibration)
         self.name, self.byte_shape = source.name, byte_shape(source.shape, qt)
         self.nbytes = int(np.prod(self.byte_shape))
         self.rule = "ggml" if quantizer == "ggml" else "search"
@@ -93,8 +110,7 @@ class QuantizedTensor:
         moment = self.calibration.moment(self.name) if self.calibrated else None  # H = E[x xᵀ] of the input
         importance = None if moment is None else np.ascontiguousarray(np.diagonal(moment))
         if self.gptq:
-            order = gptq.activation_order(moment)
-            factor = gptq.inverse_factor(moment[np.ix_(order, order)])
+            order, factor = self.factors(self.name, moment)
         written = 0
         for chunk in self.chunks():
             if self.gptq:
