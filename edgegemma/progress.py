@@ -74,8 +74,11 @@ def bar(desc: str, total: float | None = None, unit: str = "it", *, unit_scale: 
 
 
 def _tick(progress: tqdm, stop: threading.Event, every: float) -> None:
-    """Redraw `progress` whenever it has shown nothing for `every` seconds."""
+    """Redraw `progress` whenever it has shown nothing for `every` seconds. Its own last_print_t is left alone:
+    tqdm measures the rate (and so the time left) from it."""
+    ticked = 0.0
     while not stop.wait(TICK_POLL):
-        if time.time() - progress.last_print_t >= every:
+        now = time.time()
+        if now - max(progress.last_print_t, ticked) >= every:
             progress.refresh()
-            progress.last_print_t = time.time()
+            ticked = now

