@@ -8,6 +8,7 @@ few seconds so its clock shows the step is alive.
 """
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -24,13 +25,16 @@ TICK_POLL = 0.25  # how often the ticker looks
 
 
 class _Lines:
-    """A stream for tqdm that turns each redraw ('\\r' + status + padding) into one line of its own."""
+    """A stream for tqdm that turns each redraw ('\\r' + status + padding) into one line of its own; the cursor
+    moves tqdm makes to stack bars one above another are dropped."""
+
+    _CURSOR = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
     def __init__(self, stream: TextIO):
         self.stream = stream
 
     def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
+        line = self._CURSOR.sub("", text).replace("\r", "").strip()
         if line:
             self.stream.write(line + "\n")
 

@@ -226,25 +226,22 @@ def _check_conversion(type_name: str, quantizer: str | None) -> None:
 
 
 def _convert(ckpt: Path, out: Path, type_name: str, quantizer: str | None, log: Log, shown_as: Path) -> None:
-    """Convert `ckpt` into the GGUF file `out` (named `shown_as` to the user), the converter's lines passed
-    through and its tensors counted on a bar."""
+    """Convert `ckpt` into the GGUF file `out` (named `shown_as` to the user): the converter's own bars for its
+    calibration and writing, its lines passed through (the per-tensor ones are what the writing bar counts)."""
     from edgegemma.converter import ConversionError, convert
 
     # gguf.SpecialVocab warns about Gemma's tokenizer.json template (as `edgegemma convert` does, keep it quiet).
     logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
     log(f"converting {ckpt} to {type_name}" + (f" with the {quantizer} quantizer" if quantizer else ""))
-    with progress.bar(f"{PROG}: converting", unit="tensor", bar_format="{desc} [{elapsed}]") as bar:
-        def report(line: str) -> None:
-            step = re.match(r"\[\s*(\d+)/(\d+)\]", line)
-            if step is None:
-                progress.write(f"{PROG}: {line.replace(str(out), str(shown_as))}")
-                return
-            if bar.total is None:  # the first tensor: from now on a bar with a count and an ETA
-                bar.total, bar.bar_format = int(step.group(2)), None
-            bar.update(int(step.group(1)) - bar.n)
 
+    def report(line: str) -> None:
+        if not re.match(r"\[\s*\d+/\d+\]", line):
+            progress.write(f"{PROG}: {line.replace(str(out), str(shown_as))}")
+
+    # A clock for the steps before the converter's bars begin (reading the checkpoint and its vocabulary).
+    with progress.bar(f"{PROG}: converting", bar_format="{desc} [{elapsed}]"):
         try:
-            convert(ckpt, out, type_name, force=True, report=report, quantizer=quantizer)
+            convert(ckpt, out, type_name, force=True, report=report, quantizer=quantizer, progress=True)
         except ConversionError as err:
             raise PullError(f"cannot convert {ckpt}: {str(err).replace(str(out), str(shown_as))}") from None
 
@@ -390,16 +387,21 @@ def _finish_kernel_compiler(compiler: subprocess.Popen | None) -> None:
 # --- putting files in place -----------------------------------------------------------------------
 
 
-def _scratch_model(folder: Path) -> Path:
-    """A hidden, unused name in `folder` for a model file being made (see cache.leftovers)."""
+def _scratch_model(folder: Path, name: str) -> Path:
+    """Where a model file named `name` is made before it is checked: inside a hidden folder of its own in `folder`
+    (named for cache.leftovers), so the file keeps its real name in every message and bar."""
     folder.mkdir(parents=True, exist_ok=True)
     while True:
-        path = folder / f".pull-{os.getpid()}-{secrets.token_hex(4)}.gguf"
-        try:  # not mkstemp: its files are private (0600); a model file gets the umask's usual mode, as any other
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return path
+        scratch = folder / f".pull-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            scratch.mkdir()
+            return scratch / name
         except FileExistsError:
             continue
+
+
+def _drop_scratch(staged: Path) -> None:
+    shutil.rmtree(staged.parent, ignore_errors=True)
 
 
 def _install_model(staged: Path, target: Path) -> None:
@@ -424,14 +426,14 @@ def _copy(src: Path, dest: Path) -> None:
 def _make_model(ckpt: Path, target: Path, type_name: str, quantizer: str | None, log: Log,
                 compiler: subprocess.Popen | None = None) -> None:
     """Convert `ckpt` beside `target`, check the result, and only then rename it into place."""
-    staged = _scratch_model(target.parent)
+    staged = _scratch_model(target.parent, target.name)
     try:
         _convert(ckpt, staged, type_name, quantizer, log, target)
         _finish_kernel_compiler(compiler)
         check_model(staged, target)
         _install_model(staged, target)
     finally:
-        staged.unlink(missing_ok=True)
+        _drop_scratch(staged)
 
 
 def _pull_file(src: Path, type_name: str | None, log: Log) -> Path:
@@ -441,7 +443,7 @@ def _pull_file(src: Path, type_name: str | None, log: Log) -> Path:
         file_type = check_model(src)
         _check_file_type(src, file_type, type_name)
         return src
-    staged = _scratch_model(models)
+    staged = _scratch_model(models, src.name)
     try:
         log(f"copying {src} ({src.stat().st_size / 1e6:.1f} MB) into the cache")
         _copy(src, staged)
@@ -450,7 +452,7 @@ def _pull_file(src: Path, type_name: str | None, log: Log) -> Path:
         target = cache.model_path(file_type)
         _install_model(staged, target)
     finally:
-        staged.unlink(missing_ok=True)
+        _drop_scratch(staged)
     return target
 
 
