@@ -72,30 +72,45 @@ def _put_varints(out: np.ndarray, at: np.ndarray, values: np.ndarray, sizes: np.
         out[at[has] + k] = byte | (more.astype(np.int64) << 7)
 
 
-def _texts(strings: StringArray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The pieces' texts as SentencePiece wrote them: (bytes back to back, uint8; starts; lengths).
+def _in_spans(size: int, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A bool mask of `size` positions, true inside the spans [starts[i], starts[i] + lengths[i]) (which do not
+    overlap): +1 where a span starts, -1 where it ends, summed along. (Non-empty spans that do not overlap have
+    distinct starts and distinct ends, so plain indexing adds each once.)"""
+    edges = np.zeros(size + 1, np.int8)
+    spans = lengths > 0
+    starts = starts[spans]
+    edges[starts] += 1
+    edges[starts + lengths[spans]] -= 1
+    return np.cumsum(edges[:-1], dtype=np.int8).view(np.bool_)
+
+
+def _texts(strings: StringArray, types: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pieces' texts as SentencePiece wrote them: (their bytes back to back in piece order, uint8; lengths).
 
     llama.cpp's converter writes user-defined pieces with "▁" as " " (Gemma's runs of spaces, "▁▁" …);
     SentencePiece matches them after its own " " -> "▁", so they get their "▁" back."""
     buf, starts, lengths = strings.raw()
     lengths = lengths.astype(np.int64)
-    before = np.zeros(len(lengths), np.int64)
-    np.cumsum(lengths[:-1], out=before[1:])
-    data = buf[np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)]
-    starts = before
-    fixed = [i for i in np.flatnonzero(types == TokenType.USER_DEFINED).tolist() if 0x20 in data[starts[i]:starts[i] + lengths[i]]]
+    first, last = int(starts[0]), int(starts[-1] + lengths[-1])  # a string array lies in one piece of the file
+    data = buf[first:last][_in_spans(last - first, starts - first, lengths)]
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    user = np.flatnonzero(types == TokenType.USER_DEFINED).tolist()
+    fixed = [i for i in user if 0x20 in data[offsets[i]:offsets[i + 1]]]
     if fixed:
-        texts = [data[starts[i]:starts[i] + lengths[i]].tobytes().replace(b" ", "\u2581".encode()) for i in fixed]
-        starts, lengths = starts.copy(), lengths.copy()
-        starts[fixed] = len(data) + np.cumsum([0] + [len(t) for t in texts[:-1]])
-        lengths[fixed] = [len(t) for t in texts]
-        data = np.concatenate([data, np.frombuffer(b"".join(texts), np.uint8)])
-    return data, starts, lengths
+        parts, at = [], 0
+        for i in fixed:
+            text = data[offsets[i]:offsets[i + 1]].tobytes().replace(b" ", "\u2581".encode())
+            parts += [data[at:offsets[i]], np.frombuffer(text, np.uint8)]
+            at = offsets[i + 1]
+            lengths[i] = len(text)
+        data = np.concatenate(parts + [data[at:]])
+    return data, lengths
 
 
-def _pieces(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, scores: np.ndarray, types: np.ndarray) -> np.ndarray:
+def _pieces(data: np.ndarray, lengths: np.ndarray, scores: np.ndarray, types: np.ndarray) -> np.ndarray:
     """Every `pieces` entry of the ModelProto, back to back, as uint8: per piece
-    0x0a len(entry) [0x0a len(text) text 0x15 score(float32) 0x18 type]; texts are data[starts[i]:][:lengths[i]]."""
+    0x0a len(entry) [0x0a len(text) text 0x15 score(float32) 0x18 type]; the texts are `data`, in order."""
     n = len(lengths)
     text_at_entry = 1 + _varint_sizes(lengths)  # key and length of the text, within the entry's body
     body = text_at_entry + lengths + 5 + 2  # + score (key + 4 bytes) + type (key + 1 byte)
@@ -111,11 +126,7 @@ def _pieces(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, scores: n
     out[body_at] = _key(_PIECE_TEXT, _BYTES)[0]
     _put_varints(out, body_at + 1, lengths, text_at_entry - 1)
     text_at = body_at + text_at_entry
-    # The texts: one gather over all their bytes.
-    before = np.zeros(n, np.int64)
-    np.cumsum(lengths[:-1], out=before[1:])
-    step = np.arange(int(lengths.sum()), dtype=np.int64)
-    out[np.repeat(text_at - before, lengths) + step] = data[np.repeat(starts - before, lengths) + step]
+    out[_in_spans(len(out), text_at, lengths)] = data
     score_at = text_at + lengths
     out[score_at] = _key(_PIECE_SCORE, _FIXED32)[0]
     out[(score_at + 1)[:, None] + np.arange(4)] = np.ascontiguousarray(scores, "<f4").view(np.uint8).reshape(n, 4)
