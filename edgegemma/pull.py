@@ -373,15 +373,8 @@ def _start_kernel_compiler(type_name: str) -> subprocess.Popen | None:
     # At a lower priority: at the same one it slowed the download it overlaps (pip and the unzip need the CPU too).
     lower = (lambda: os.nice(10)) if hasattr(os, "nice") else None
     return subprocess.Popen([sys.executable, "-m", "edgegemma.kernels.compile", *names], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lower)
-
-
-def _finish_kernel_compiler(compiler: subprocess.Popen | None) -> None:
-    """Wait for the kernels' compiler (a clock on stderr), so the check and the first `embed` find them cached."""
-    if compiler is None or compiler.poll() is not None:
-        return
-    with progress.bar(f"{PROG}: compiling the kernels (a first run only)", bar_format="{desc} [{elapsed}]"):
-        compiler.wait()
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lower,
+                            start_new_session=True)  # it finishes the cache after pull exits
 
 
 # --- putting files in place -----------------------------------------------------------------------
@@ -429,8 +422,7 @@ def _make_model(ckpt: Path, target: Path, type_name: str, quantizer: str | None,
     staged = _scratch_model(target.parent, target.name)
     try:
         _convert(ckpt, staged, type_name, quantizer, log, target)
-        _finish_kernel_compiler(compiler)
-        check_model(staged, target)
+        check_model(staged, target)  # not waiting for the compiler: meanwhile the numpy kernels answer (kernels.prepare)
         _install_model(staged, target)
     finally:
         _drop_scratch(staged)
@@ -517,10 +509,11 @@ def pull(source: str | os.PathLike | None = None, type_name: str | None = None, 
                 elif not reuse:
                     log(f"the checkpoint ({cache.size_of(kept) / 2**30:.1f} GiB) stays in {kept} to make other types "
                         "without downloading it again; `edgegemma cache remove checkpoint` deletes it")
-    finally:
+    except BaseException:
         if compiler is not None and compiler.poll() is None:  # pull failed: leave no process of ours behind
             compiler.kill()
             compiler.wait()
+        raise
     cache.set_default(target)
     log(f"default model: {target}")
     return target
