@@ -196,8 +196,8 @@ def test_token_ids_from_arrays_match_reference(hf_model_dir, reference):
 
 
 # (outtype, mean cosine at least against sentence-transformers, document mode): the issue's bars for Q8_0 and
-# F16; BF16 holds the bar edgegemma's own bf16 files do (test_reference.BARS).
-REFERENCE_BARS = {"q8_0": 0.9996, "f16": 0.99999, "bf16": 0.9995}
+# F16. (BF16, measured once: 0.9999936 / 0.9999604; left out of the suite for CI's time budget.)
+REFERENCE_BARS = {"q8_0": 0.9996, "f16": 0.99999}
 _EMBEDDED: dict[str, np.ndarray] = {}
 
 
@@ -226,7 +226,9 @@ def test_llama_cpp_file_embeds_like_reference(outtype, hf_model_dir, reference):
 # so the two differ by llama.cpp's rounding (measured: agreement mean 0.99979, llama.cpp against the reference
 # 0.99967, edgegemma 0.99988); the issue's 0.9999 is not reached. Held instead: issue 6's agreement bar
 # (test_interop_llama.MIN_AGREEMENT) and edgegemma at least as close to the reference as llama.cpp.
-AGREEMENT_BARS = {"f16": 0.9999, "q8_0": 0.999}
+# Each llama.cpp pass over the reference texts takes minutes here: the suite runs F16 (the runtimes must agree
+# about everything but the matmuls' rounding); Q8_0, measured once as above, is test_interop_llama's case.
+AGREEMENT_BARS = {"f16": 0.9999}
 
 
 @pytest.mark.parametrize("outtype", list(AGREEMENT_BARS))
