@@ -22,6 +22,7 @@ import numpy as np
 from gguf import PoolingType
 
 from edgegemma import formats as F
+from edgegemma.prompts import CARD_TASK_PROMPTS
 
 from .errors import ConversionError
 
@@ -267,21 +268,9 @@ def _dense_layers(folder: Path, modules: list[dict], hidden: int) -> list[Dense]
     return dense
 
 
-# The model card's task prompts that config_sentence_transformers.json leaves out (it names its
-# prompts after MTEB's task types); added under plain names so users find them by task.
-CARD_TASK_PROMPTS = {
-    "question_answering": "task: question answering | query: ",
-    "fact_checking": "task: fact checking | query: ",
-    "classification": "task: classification | query: ",
-    "clustering": "task: clustering | query: ",
-    "sentence_similarity": "task: sentence similarity | query: ",
-    "code_retrieval": "task: code retrieval | query: ",
-    "search_result": "task: search result | query: ",
-}
-
-
 def _prompts(folder: Path) -> dict[str, str]:
-    """The checkpoint's prompts, in file order, then the card's task prompts it does not name."""
+    """The checkpoint's prompts, in file order, then the card's task prompts it does not name (its config names
+    prompts after MTEB's task types; the card's plain names let users find them by task)."""
     config = _read_json(folder, "config_sentence_transformers.json")
     prompts = config.get("prompts") or {}
     if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):

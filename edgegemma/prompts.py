@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from . import formats as F
 
-# google/embeddinggemma-300m's config_sentence_transformers.json, in its order, then the model card's
-# task prompts it does not name (under plain names) — what edgegemma's converter writes for this checkpoint.
+# The model card's task prompts, under plain names; the converter adds those a checkpoint does not name.
+CARD_TASK_PROMPTS: dict[str, str] = {
+    "question_answering": "task: question answering | query: ",
+    "fact_checking": "task: fact checking | query: ",
+    "classification": "task: classification | query: ",
+    "clustering": "task: clustering | query: ",
+    "sentence_similarity": "task: sentence similarity | query: ",
+    "code_retrieval": "task: code retrieval | query: ",
+    "search_result": "task: search result | query: ",
+}
+# google/embeddinggemma-300m's config_sentence_transformers.json, in its order, then the card's prompts it does
+# not name: what edgegemma's converter writes for this checkpoint.
 EMBEDDINGGEMMA_PROMPTS: dict[str, str] = {
     "query": "task: search result | query: ",
     "document": "title: none | text: ",
@@ -21,13 +31,7 @@ EMBEDDINGGEMMA_PROMPTS: dict[str, str] = {
     "Retrieval-document": "title: none | text: ",
     "STS": "task: sentence similarity | query: ",
     "Summarization": "task: summarization | query: ",
-    "question_answering": "task: question answering | query: ",
-    "fact_checking": "task: fact checking | query: ",
-    "classification": "task: classification | query: ",
-    "clustering": "task: clustering | query: ",
-    "sentence_similarity": "task: sentence similarity | query: ",
-    "code_retrieval": "task: code retrieval | query: ",
-    "search_result": "task: search result | query: ",
+    **CARD_TASK_PROMPTS,
 }
 
 
