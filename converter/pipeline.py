@@ -59,8 +59,8 @@ def convert(
     (searched, weighted by calibration statistics, see converter.calibrate) or "gptq" (imatrix's
     scales plus GPTQ's error compensation, see converter.gptq); None picks default_quantizer
     (gptq for q4_0 and mixed, search for q8_0 and e4_q8, ggml for float files).
-    progress: bars on stderr (edgegemma.progress) for the calibration and the writing, which counts
-    the weights quantized; report gets the lines either way.
+    progress: bars on stderr (edgegemma.progress) for the reading, the calibration and the writing,
+    which counts the weights quantized; report gets the lines either way.
 
     Raises ConversionError for anything wrong with the input or the output path; on any
     failure (KeyboardInterrupt included) the temporary file is removed and `out` is untouched.
@@ -68,25 +68,27 @@ def convert(
     recipe: Recipe | None = RECIPES.get(recipe_name)
     if recipe is None:
         raise ConversionError(f"unknown --type {recipe_name!r}; valid types: {', '.join(RECIPES)}")
+    if quantizer is not None and quantizer not in QUANTIZERS:
+        raise ConversionError(f"unknown --quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
     src, out = Path(src), Path(out)
     check_output(out, force)
     started = time.perf_counter()
 
-    # read
+    # read: the folder is checked from its headers at once, the vocabulary and the exact rows take seconds
     ckpt = open_checkpoint(src)
-    vocab = read_vocab(src, ckpt.hparams.vocab_size)
-    ckpt.trim_vocab(len(vocab.tokens))
-    # plan
-    plan = [(t, *storage_type(recipe, t.name, t.shape)) for t in ckpt.tensors]
-    if quantizer is None:
-        quantizer = default_quantizer({t.name: qt for t, qt, _ in plan})
-    if quantizer not in QUANTIZERS:
-        raise ConversionError(f"unknown --quantizer {quantizer!r}; valid: {', '.join(QUANTIZERS)}")
-    blocks = any(qt.name in BLOCK_TYPES for _, qt, _ in plan)
+    with bar(f"reading {src.name}", 2, "step", progress) as steps:
+        vocab = read_vocab(src, ckpt.hparams.vocab_size)
+        ckpt.trim_vocab(len(vocab.tokens))
+        steps.update()
+        # plan
+        plan = [(t, *storage_type(recipe, t.name, t.shape)) for t in ckpt.tensors]
+        quantizer = quantizer or default_quantizer({t.name: qt for t, qt, _ in plan})
+        table, table_type, _ = next(p for p in plan if p[0].name == F.tensor_name(F.TOKEN_EMBD))
+        exact_rows = _exact_rows(ckpt, vocab, table, report) if quantizer != "ggml" and table_type.name == "q4_0" else None
+        steps.update()
     # calibrate
+    blocks = any(qt.name in BLOCK_TYPES for _, qt, _ in plan)
     stats = calibration(src, report, progress=progress) if quantizer in CALIBRATED and blocks else None
-    table, table_type, _ = next(p for p in plan if p[0].name == F.tensor_name(F.TOKEN_EMBD))
-    exact_rows = _exact_rows(ckpt, vocab, table, report) if quantizer != "ggml" and table_type.name == "q4_0" else None
     # quantize and write
     reports: list[TensorReport] = []
     width = max(len(t.name) for t in ckpt.tensors)

@@ -330,7 +330,7 @@ def ckpt(tiny_checkpoint, tmp_path) -> Path:
 
 
 # A line of a progress bar on stderr (one a redraw when stderr is not a terminal).
-PROGRESS_LINE = re.compile(r"(writing \S+ \(\w+, \w+\)|calibration: float model over the texts): +\d+%\|")
+PROGRESS_LINE = re.compile(r"(reading \S+|writing \S+ \(\w+, \w+\)|calibration: float model over the texts): +\d+%\|")
 
 
 def progress_and_other_lines(err: str) -> tuple[list[str], list[str]]:
@@ -349,7 +349,7 @@ def assert_refused(capsys, src, out_dir: Path, fragment: str, *extra: str) -> st
     before = sorted(p.name for p in out_dir.iterdir())
     code, _, err = run_cli(capsys, src, "-o", out, "--type", "q8_0", *extra)
     assert code == 1
-    _, lines = progress_and_other_lines(err)  # bad weights are found while writing, its bar already on stderr
+    _, lines = progress_and_other_lines(err)  # bad input found while reading or writing follows their bar's lines
     assert len(lines) == 1 and lines[0].startswith("edgegemma convert: error: "), err
     assert fragment in lines[0], lines[0]
     assert "Traceback" not in err
