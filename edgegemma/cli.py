@@ -11,10 +11,13 @@ from typing import Callable, Sequence
 
 RECIPE_HELP = ("f32, f16, bf16, q8_0, q4_0, mixed (e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0) "
                "or e4_q8 (embedding table Q4_0, every other weight Q8_0)")
-QUANTIZER_HELP = ("how Q4_0/Q8_0 blocks are filled: gptq (default: GPTQ error compensation in activation order, "
-                  "scales searched, from the float model's activations on calibration texts, cached), imatrix "
-                  "(scale search weighted by the same statistics), search (unweighted scale search) or ggml "
-                  "(ggml's max rule, byte for byte what llama.cpp writes)")
+QUANTIZER_HELP = ("how Q4_0/Q8_0 blocks are filled; default: search for q8_0 and e4_q8, gptq for q4_0 and mixed. "
+                  "Measured on e4_q8 (2-core machine, quiet; time, peak RAM, mean / min cosine to sentence-transformers): "
+                  "search: scale search, no calibration: ~30 s, ~440 MiB, 0.99913 / 0.99604; "
+                  "gptq: GPTQ error compensation from the float model's activations on ~25,000 tokens of calibration "
+                  "text: ~3 min, ~970 MiB, 160 MB of statistics cached for the next conversion, 0.99920 / 0.99618; "
+                  "imatrix: the scale search weighted by the same statistics: ~2.5 min, ~970 MiB, 0.99918 / 0.99624; "
+                  "ggml: ggml's max rule, byte for byte what llama.cpp writes: ~10 s, ~440 MiB, 0.99887 / 0.99382")
 
 
 def _convert(args: argparse.Namespace) -> int:
