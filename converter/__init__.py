@@ -12,9 +12,10 @@
     quantizers.py        --quantizer (ggml, search, imatrix, gptq) applied to one tensor, chunk by chunk
     metadata.py          the file's metadata keys
     writer.py            stream it all into a GGUF file, atomically
+    progress.py          progress bars on stderr for the long steps (edgegemma.progress)
     cli.py               `edgegemma convert` / `python -m edgegemma.converter`
 
-The runtime never imports this package; only the converter needs safetensors.
+The runtime never imports this package; only the converter needs safetensors. Measurements: docs/converter.md.
 """
 from .errors import ConversionError
 
