@@ -63,13 +63,16 @@ def prepare(qtypes) -> None:
             _bind_switching()
 
 
+def compiler_process(kernels, lower_priority: bool = False) -> subprocess.Popen:
+    """A process compiling `kernels` into Numba's disk cache (the same NUMBA_* settings, inherited), in a session of
+    its own so that it outlives a one-shot command; at nice 10 with lower_priority."""
+    lower = (lambda: os.nice(10)) if lower_priority and hasattr(os, "nice") else None
+    return subprocess.Popen([sys.executable, "-m", f"{__package__}.compile", *_names(kernels)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=lower)
+
+
 def _start_compiler() -> None:
-    """The compiler process for what is pending; it fills Numba's cache (the same NUMBA_* settings, inherited)."""
-    names = _names(_state["pending"])
-    _state["compiler"] = subprocess.Popen(
-        [sys.executable, "-m", f"{__package__}.compile", *names], stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    _state["compiler"] = compiler_process(_state["pending"])
 
 
 def _bind_switching() -> None:
@@ -81,7 +84,9 @@ def _bind_switching() -> None:
             compiler = _state["compiler"]
             if compiler is not None and compiler.poll() is not None:
                 _switch()
-            return getattr(_package(), name)(*args, **kwargs) if _state["active"] != "numpy" else numpy_function(*args, **kwargs)
+            if _state["active"] == "numpy":
+                return numpy_function(*args, **kwargs)
+            return getattr(_package(), name)(*args, **kwargs)  # the compiled kernels, bound by _switch
 
         call.__name__ = call.__qualname__ = name
         call.__doc__ = numpy_function.__doc__

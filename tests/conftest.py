@@ -49,22 +49,27 @@ PROMPTS = {  # the real model's first prompts, so tests can use the same names a
 }
 
 
-@functools.lru_cache(maxsize=None)
-def tiny_sentencepiece(vocab_size: int = 384) -> bytes:
-    """A real SentencePiece model (unigram, byte fallback, Gemma's special ids), trained on generated text."""
+def tiny_corpus(count: int, seed: int, number_every: int, endings: tuple[str, ...] = (".", "?", "!", ",", "")) -> list[str]:
+    """Generated sentences of the tiny vocabulary's words, a number in every `number_every`-th."""
+    rng = random.Random(seed)
+    sentences = []
+    for i in range(count):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 14))]
+        if i % number_every == 0:
+            words.append(str(rng.randint(0, 99999)))
+        sentences.append(" ".join(words) + rng.choice(endings))
+    return sentences
+
+
+def train_sentencepiece(sentences: list[str], vocab_size: int, model_type: str) -> bytes:
+    """A real SentencePiece model with Gemma's settings (byte fallback, Gemma's special ids, no dummy prefix,
+    identity normalisation), trained on `sentences`."""
     import sentencepiece as spm
 
-    rng = random.Random(0)
-    sentences = []
-    for i in range(600):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 14))]
-        if i % 7 == 0:
-            words.append(str(rng.randint(0, 99999)))
-        sentences.append(" ".join(words) + rng.choice([".", "?", "!", ",", ""]))
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size,
-        model_type="unigram", byte_fallback=True, character_coverage=1.0,
+        model_type=model_type, byte_fallback=True, character_coverage=1.0,
         pad_id=0, eos_id=1, bos_id=2, unk_id=3,
         pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
         user_defined_symbols=USER_PIECES, split_digits=True, add_dummy_prefix=False,
@@ -72,6 +77,12 @@ def tiny_sentencepiece(vocab_size: int = 384) -> bytes:
         normalization_rule_name="identity", num_threads=1, minloglevel=2,
     )
     return model.getvalue()
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_sentencepiece(vocab_size: int = 384) -> bytes:
+    """A real SentencePiece model (unigram), trained on generated text."""
+    return train_sentencepiece(tiny_corpus(600, seed=0, number_every=7), vocab_size, "unigram")
 
 
 def make_tiny_checkpoint(

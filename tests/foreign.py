@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 import subprocess
 import sys
@@ -177,42 +176,18 @@ def make_tiny_bpe_checkpoint(folder: Path) -> Path:
     """The tiny checkpoint (conftest.make_tiny_checkpoint) with its tokenizer.model trained as BPE, the model
     Gemma's tokenizer is and the one llama.cpp's `llama` vocabulary runs."""
     import sentencepiece as spm
-    from conftest import USER_PIECES, _write_tokenizer_json, make_tiny_checkpoint, tiny_sentencepiece
+    from conftest import _write_tokenizer_json, make_tiny_checkpoint, tiny_corpus, tiny_sentencepiece, train_sentencepiece
 
     folder = make_tiny_checkpoint(folder)
     vocab_size = spm.SentencePieceProcessor(model_proto=tiny_sentencepiece()).vocab_size()
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_tiny_corpus()), model_writer=model, vocab_size=vocab_size,
-        model_type="bpe", byte_fallback=True, character_coverage=1.0,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        user_defined_symbols=USER_PIECES, split_digits=True, add_dummy_prefix=False,
-        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        normalization_rule_name="identity", num_threads=1, minloglevel=2,
-    )
-    sp_bytes = model.getvalue()
+    corpus = tiny_corpus(2000, seed=1, number_every=5, endings=(".", "?", "!", ",", "", "  "))
+    sp_bytes = train_sentencepiece(corpus, vocab_size, "bpe")
     trained = spm.SentencePieceProcessor(model_proto=sp_bytes).vocab_size()
     if trained != vocab_size:  # the embedding table has vocab_size rows: the vocabularies must be the same size
         raise RuntimeError(f"the BPE tokenizer has {trained} pieces, the tiny checkpoint {vocab_size}")
     (folder / "tokenizer.model").write_bytes(sp_bytes)
     _write_tokenizer_json(folder, sp_bytes, vocab_size)
     return folder
-
-
-def _tiny_corpus() -> list[str]:
-    import random
-
-    from conftest import _WORDS
-
-    rng = random.Random(1)
-    out = []
-    for i in range(2000):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 14))]
-        if i % 5 == 0:
-            words.append(str(rng.randint(0, 99999)))
-        out.append(" ".join(words) + rng.choice([".", "?", "!", ",", "", "  "]))
-    return out
 
 
 def rewrite(source: Path, dest: Path, drop_prefix: str | None = None, values: dict | None = None) -> Path:
