@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import cache
+from .corpus import cli as corpus_cli
 
 PROG = "edgegemma embed"
 PROGRESS_MIN_INPUTS = 256  # a bar for fewer inputs than this is noise
@@ -102,6 +103,8 @@ def _check_output_path(path: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from .gguf_file import ModelFileError
 
+    if corpus_cli.wanted(args):  # a file or folder to an output file: in resumable parts (edgegemma/corpus/)
+        return corpus_cli.run(args)
     try:
         _check_output_path(args.output)
         if args.title is not None and args.prompt_name not in (None, "document"):
@@ -162,4 +165,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="texts per forward pass (default 32)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help=f"progress bar on stderr (default: when stderr is a terminal and there are >= {PROGRESS_MIN_INPUTS} texts)")
+    corpus_cli.add_arguments(p)
     p.set_defaults(handler=run)
