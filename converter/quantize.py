@@ -33,7 +33,7 @@ import numpy as np
 import gguf.quants
 from gguf import GGMLQuantizationType as T
 
-from edgegemma.formats import QUANT_TYPES, QuantType
+from edgegemma.formats import WRITTEN_TYPES, QuantType
 
 
 def _blocks(x: np.ndarray, qt: QuantType) -> np.ndarray:
@@ -257,7 +257,7 @@ _PACKERS: dict[T, Callable[[np.ndarray, QuantType], np.ndarray]] = {
     T.Q8_0: _pack_blocks(ggml_scales_q8_0, pack_q8_0),
     T.Q4_0: _pack_blocks(ggml_scales_q4_0, pack_q4_0),
 }
-assert set(_PACKERS) == set(QUANT_TYPES), "every type in edgegemma.formats needs a packer"
+assert set(_PACKERS) == set(WRITTEN_TYPES), "every type edgegemma.formats marks written needs a packer"
 
 
 QUANTIZERS = ("ggml", "search")

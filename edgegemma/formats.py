@@ -9,7 +9,7 @@ from __future__ import annotations
 import gguf
 
 # The storage types are the kernels' one table (each type's name, block size and bytes).
-from .kernels.blocks import QUANT_TYPES, QUANT_TYPES_BY_NAME, QuantType, quant_type  # noqa: F401
+from .kernels.blocks import QUANT_TYPES, QUANT_TYPES_BY_NAME, WRITTEN_TYPES, QuantType, quant_type  # noqa: F401
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA_EMBEDDING]  # "gemma-embedding"
 
@@ -50,9 +50,9 @@ def tensor_name(kind: str, layer: int | None = None) -> str:
 def tensor_kind(name: str) -> tuple[str, int | None]:
     """The inverse of tensor_name: 'blk.3.attn_q.weight' -> (ATTN_Q, 3)."""
     base = name.removesuffix(".weight")
-    if base.startswith("blk."):
-        _, layer, rest = base.split(".", 2)
-        return "blk.{bid}." + rest, int(layer)
+    parts = base.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdecimal():  # anything else (another model's, a corrupt name) as is
+        return "blk.{bid}." + parts[2], int(parts[1])
     return base, None
 
 
@@ -71,6 +71,8 @@ KEY_PROMPT_TEXTS = KEY_PREFIX + "prompt_texts"  # string array, same order as th
 KEY_RECIPE = KEY_PREFIX + "recipe"  # f32, f16, bf16, q8_0, q4_0, mixed, e4_q8
 KEY_QUANTIZER = KEY_PREFIX + "quantizer"  # which rule filled the blocks: ggml, search, imatrix, gptq
 KEY_CONVERTER_VERSION = KEY_PREFIX + "converter_version"
+# "sha256:" + the hex SHA-256 of the whole file with these 64 hex digits read as '0's (edgegemma.integrity).
+KEY_CHECKSUM = KEY_PREFIX + "checksum"
 # Rows of a 4-bit token table kept exact (converter.exact_rows): their ids (int32 array, sorted) and
 # their float32 values, row after row (float32 array, len(ids) x hidden). llama.cpp ignores both.
 KEY_EXACT_TOKEN_IDS = KEY_PREFIX + "token_embd.exact_ids"

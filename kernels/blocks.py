@@ -10,6 +10,24 @@ output feature, each row a run of blocks. Sizes come from `gguf.GGML_QUANT_SIZES
     Q8_0  34-byte block: f16 scale d, then 32 int8 q;           value = d * q
     Q4_0  18-byte block: f16 scale d, then 16 bytes; byte j holds q[j] in its low nibble and
           q[j + 16] in its high nibble;                          value = (q - 8) * d
+    Q4_1  20-byte block: f16 d, f16 m, then Q4_0's 16 bytes;     value = d * q + m
+    Q5_0  22-byte block: f16 d, 4 bytes qh (bit j: the 5th bit of q[j], little-endian), Q4_0's 16 bytes;
+                                                                 value = (q - 16) * d
+    Q5_1  24-byte block: f16 d, f16 m, qh, the 16 bytes;         value = d * q + m
+
+The K-quants: 256-value super-blocks of sub-blocks, each sub-block with its own integer scale (and min) times
+the super-block's f16 d (and dmin), rounded to float32 before it multiplies q:
+
+    Q4_K  144 bytes: f16 d, f16 dmin, 12 bytes of eight 6-bit scales and mins (ggml's get_scale_min_k4), 128
+          bytes: byte 32 g + l holds sub-block 2 g's q[l] in its low nibble, sub-block 2 g + 1's in its high;
+                                                                 value = (d * sc) * q - (dmin * m)
+    Q5_K  176 bytes: Q4_K's d, dmin and scales, then 32 bytes qh (bit s of byte l: the 5th bit of sub-block
+          s's q[l]), then Q4_K's 128 bytes;                      value = (d * sc) * q - (dmin * m)
+    Q6_K  210 bytes: 128 bytes ql (low 4 bits), 64 bytes qh (high 2 bits), 16 int8 scales (one per 16
+          values), f16 d last. Value v = 128 g + 32 s + l (g < 2, s < 4): low bits in nibble s // 2 of
+          ql[64 g + 32 (s % 2) + l], high bits at 2 s of qh[32 g + l];  value = (d * sc) * (q - 32)
+
+Types written by edgegemma's converter are `written`; the others it reads as llama.cpp's quantizer makes them.
 """
 from __future__ import annotations
 
@@ -23,6 +41,12 @@ F16 = int(GGMLQuantizationType.F16)
 BF16 = int(GGMLQuantizationType.BF16)
 Q8_0 = int(GGMLQuantizationType.Q8_0)
 Q4_0 = int(GGMLQuantizationType.Q4_0)
+Q4_1 = int(GGMLQuantizationType.Q4_1)
+Q5_0 = int(GGMLQuantizationType.Q5_0)
+Q5_1 = int(GGMLQuantizationType.Q5_1)
+Q4_K = int(GGMLQuantizationType.Q4_K)
+Q5_K = int(GGMLQuantizationType.Q5_K)
+Q6_K = int(GGMLQuantizationType.Q6_K)
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,7 @@ class QuantType:
     ggml_type: GGMLQuantizationType
     block_size: int  # values per block
     type_size: int  # bytes per block
+    written: bool  # edgegemma's converter writes it (and `--type` offers it); else it is only read
 
     @property
     def label(self) -> str:
@@ -46,12 +71,15 @@ class QuantType:
         return n_values // self.block_size * self.type_size
 
 
-# Every type edgegemma reads and writes, in the order messages list them; anything else is refused by name.
+_WRITTEN = (F32, F16, BF16, Q8_0, Q4_0)
+_READ_ONLY = (Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)  # what llama.cpp's quantizer puts in EmbeddingGemma files
+# Every type edgegemma reads, in the order messages list them; anything else is refused by name.
 QUANT_TYPES: dict[GGMLQuantizationType, QuantType] = {
-    t: QuantType(t.name.lower(), t, *GGML_QUANT_SIZES[t])
-    for t in map(GGMLQuantizationType, (F32, F16, BF16, Q8_0, Q4_0))
+    t: QuantType(t.name.lower(), t, *GGML_QUANT_SIZES[t], written=int(t) in _WRITTEN)
+    for t in map(GGMLQuantizationType, _WRITTEN + _READ_ONLY)
 }
 QUANT_TYPES_BY_NAME: dict[str, QuantType] = {qt.name: qt for qt in QUANT_TYPES.values()}
+WRITTEN_TYPES: dict[GGMLQuantizationType, QuantType] = {t: qt for t, qt in QUANT_TYPES.items() if qt.written}
 
 
 def quant_type(ggml_type) -> QuantType:

@@ -13,7 +13,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .blocks import BF16, F16, Q4_0, Q8_0, row_indices, weight_bytes
+from .blocks import BF16, F16, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, row_indices, weight_bytes
 from .jit import compiled, f32_rows, i64_vec, inner, jit, u8_rows
 from .scalar import HARDWARE_HALF, f16_to_f32, f32_from_bits
 
@@ -73,6 +73,151 @@ def _decode_q4_0(src, dst):
             byte = qb[j]  # q - 8 in float32 is exact, so the product is gguf's to the bit
             lo[j] = d * (np.float32(np.uint8(byte & np.uint8(15))) - np.float32(8.0))
             hi[j] = d * (np.float32(np.uint8(byte >> np.uint8(4))) - np.float32(8.0))
+
+
+# The types llama.cpp's quantizer adds, as plain loops (kernels/DESIGN.md, "Decoding"). No fastmath here: d * q + m
+# must stay two roundings, as gguf.quants computes it, not one fused multiply-add.
+
+
+@inner()
+def _decode_q4_1(src, dst):
+    """20-byte blocks: f16 d, f16 m, 16 bytes as Q4_0's; x[i] = d * q[i] + m."""
+    n_blocks = src.size // 20
+    half = dst.size // n_blocks // 2 if n_blocks else 16  # 16
+    words = src.view(np.uint16)  # d of block b is half 10 b, m half 10 b + 1
+    for b in range(n_blocks):
+        d, m = f16_to_f32(words[10 * b]), f16_to_f32(words[10 * b + 1])
+        qb = src[20 * b + 4:20 * b + 4 + half]
+        lo, hi = dst[2 * half * b:2 * half * b + half], dst[2 * half * b + half:2 * half * (b + 1)]
+        for j in range(half):
+            byte = qb[j]
+            lo[j] = d * np.float32(np.uint8(byte & np.uint8(15))) + m
+            hi[j] = d * np.float32(np.uint8(byte >> np.uint8(4))) + m
+
+
+@inner()
+def _fifth_bits(src, at):
+    """The 4-byte little-endian qh at byte `at` of src: bit j is the 5th bit of q[j]."""
+    return (np.int64(src[at]) | np.int64(src[at + 1]) << 8 | np.int64(src[at + 2]) << 16
+            | np.int64(src[at + 3]) << 24)
+
+
+@inner()
+def _decode_q5(src, dst, block_bytes, with_min):
+    """Q5_0 (22-byte blocks: f16 d, qh, 16 bytes; x = (q - 16) * d) and Q5_1 (24: f16 d, f16 m, qh, 16 bytes;
+    x = d * q + m). q = nibble | 5th bit << 4, nibbles as Q4_0's."""
+    n_blocks = src.size // block_bytes
+    half = dst.size // n_blocks // 2 if n_blocks else 16  # 16
+    words = src.view(np.uint16)
+    step = block_bytes // 2
+    qh_at = 4 if with_min else 2
+    for b in range(n_blocks):
+        d = f16_to_f32(words[step * b])
+        m = f16_to_f32(words[step * b + 1]) if with_min else np.float32(0.0)
+        qh = _fifth_bits(src, block_bytes * b + qh_at)
+        qb = src[block_bytes * b + qh_at + 4:block_bytes * b + qh_at + 4 + half]
+        lo, hi = dst[2 * half * b:2 * half * b + half], dst[2 * half * b + half:2 * half * (b + 1)]
+        for j in range(half):
+            byte = np.int64(qb[j])
+            q_lo = (byte & 15) | ((qh >> j) & 1) << 4
+            q_hi = (byte >> 4) | ((qh >> (j + 16)) & 1) << 4
+            if with_min:
+                lo[j] = d * np.float32(q_lo) + m
+                hi[j] = d * np.float32(q_hi) + m
+            else:
+                lo[j] = np.float32(q_lo - 16) * d
+                hi[j] = np.float32(q_hi - 16) * d
+
+
+@inner()
+def _decode_q5_0(src, dst):
+    _decode_q5(src, dst, 22, False)
+
+
+@inner()
+def _decode_q5_1(src, dst):
+    _decode_q5(src, dst, 24, True)
+
+
+@inner()
+def _k_scale_min(sc, s):
+    """Sub-block s's 6-bit scale and min from Q4_K / Q5_K's 12 scale bytes (ggml's get_scale_min_k4)."""
+    if s < 4:
+        return np.int64(sc[s]) & 63, np.int64(sc[s + 4]) & 63
+    return ((np.int64(sc[s + 4]) & 15) | (np.int64(sc[s - 4]) >> 6) << 4,
+            (np.int64(sc[s + 4]) >> 4) | (np.int64(sc[s]) >> 6) << 4)
+
+
+@inner()
+def _decode_k_quant(src, dst, block_bytes, with_qh):
+    """Q4_K (144-byte blocks) and Q5_K (176, with qh): eight sub-blocks of 32; x = (d * sc) * q - (dmin * m).
+    Sub-blocks 2 g and 2 g + 1 share bytes 32 g .. 32 g + 31 (low and high nibbles): one pass over them."""
+    n_blocks = src.size // block_bytes
+    words = src.view(np.uint16)
+    for b in range(n_blocks):
+        at = block_bytes * b
+        d, dmin = f16_to_f32(words[at // 2]), f16_to_f32(words[at // 2 + 1])
+        sc = src[at + 4:at + 16]
+        qh = src[at + 16:at + 48]
+        for g in range(4):
+            scale, low = _k_scale_min(sc, 2 * g)
+            ds0, dm0 = d * np.float32(scale), dmin * np.float32(low)
+            scale, low = _k_scale_min(sc, 2 * g + 1)
+            ds1, dm1 = d * np.float32(scale), dmin * np.float32(low)
+            qb = src[at + block_bytes - 128 + 32 * g:at + block_bytes - 128 + 32 * g + 32]
+            x0, x1 = dst[256 * b + 64 * g:256 * b + 64 * g + 32], dst[256 * b + 64 * g + 32:256 * b + 64 * g + 64]
+            for j in range(32):
+                byte = qb[j]
+                q0, q1 = np.uint8(byte & np.uint8(15)), np.uint8(byte >> np.uint8(4))
+                if with_qh:
+                    bits = np.uint8(qh[j] >> np.uint8(2 * g))
+                    q0 = np.uint8(q0 | np.uint8(np.uint8(bits & np.uint8(1)) << np.uint8(4)))
+                    q1 = np.uint8(q1 | np.uint8(np.uint8(bits & np.uint8(2)) << np.uint8(3)))
+                x0[j] = ds0 * np.float32(q0) - dm0
+                x1[j] = ds1 * np.float32(q1) - dm1
+
+
+@inner()
+def _decode_q4_k(src, dst):
+    _decode_k_quant(src, dst, 144, False)
+
+
+@inner()
+def _decode_q5_k(src, dst):
+    _decode_k_quant(src, dst, 176, True)
+
+
+@inner()
+def _decode_q6_k(src, dst):
+    """210-byte blocks: ql, qh, 16 int8 scales, f16 d; value 128 g + 32 s + l has its low bits in nibble s // 2
+    of ql[64 g + 32 (s % 2) + l], its high two at 2 s of qh[32 g + l]; x = (d * sc[v // 16]) * (q - 32).
+    Each l reads its three bytes once and makes the four values s = 0..3, as ggml's own loop does."""
+    n_blocks = src.size // 210
+    words = src.view(np.uint16)
+    scales = src.view(np.int8)
+    for b in range(n_blocks):
+        at = 210 * b
+        d = f16_to_f32(words[105 * b + 104])
+        for g in range(2):
+            for c in range(2):  # values l in [16 c, 16 c + 16) of each s share a scale
+                first = at + 64 * g + 16 * c
+                ql0, ql1 = src[first:first + 16], src[first + 32:first + 48]
+                qh = src[at + 128 + 32 * g + 16 * c:at + 128 + 32 * g + 16 * c + 16]
+                sc = at + 192 + 8 * g + c
+                ds0, ds1 = d * np.float32(scales[sc]), d * np.float32(scales[sc + 2])
+                ds2, ds3 = d * np.float32(scales[sc + 4]), d * np.float32(scales[sc + 6])
+                out = 256 * b + 128 * g + 16 * c
+                x0, x1, x2, x3 = dst[out:out + 16], dst[out + 32:out + 48], dst[out + 64:out + 80], dst[out + 96:out + 112]
+                for j in range(16):
+                    a, e, h = ql0[j], ql1[j], qh[j]
+                    q0 = np.uint8(np.uint8(a & np.uint8(15)) | np.uint8(np.uint8(h & np.uint8(3)) << np.uint8(4)))
+                    q1 = np.uint8(np.uint8(e & np.uint8(15)) | np.uint8(np.uint8(h & np.uint8(12)) << np.uint8(2)))
+                    q2 = np.uint8(np.uint8(a >> np.uint8(4)) | np.uint8(h & np.uint8(48)))
+                    q3 = np.uint8(np.uint8(e >> np.uint8(4)) | np.uint8(np.uint8(h >> np.uint8(6)) << np.uint8(4)))
+                    x0[j] = ds0 * (np.float32(q0) - np.float32(32.0))  # q - 32 is exact in float32
+                    x1[j] = ds1 * (np.float32(q1) - np.float32(32.0))
+                    x2[j] = ds2 * (np.float32(q2) - np.float32(32.0))
+                    x3[j] = ds3 * (np.float32(q3) - np.float32(32.0))
 
 
 # The same two decoders in LLVM vector IR, where the CPU converts halves itself: a block is one load of its scale
@@ -139,6 +284,18 @@ def decode_row(qtype, src, dst):
         _decode_q8_0_blocks(src, dst)
     elif qtype == Q4_0:
         _decode_q4_0_blocks(src, dst)
+    elif qtype == Q4_K:
+        _decode_q4_k(src, dst)
+    elif qtype == Q6_K:
+        _decode_q6_k(src, dst)
+    elif qtype == Q5_K:
+        _decode_q5_k(src, dst)
+    elif qtype == Q5_0:
+        _decode_q5_0(src, dst)
+    elif qtype == Q5_1:
+        _decode_q5_1(src, dst)
+    elif qtype == Q4_1:
+        _decode_q4_1(src, dst)
     elif qtype == BF16:
         _decode_bf16(src, dst)
     elif qtype == F16:

@@ -1,5 +1,6 @@
 """The float designs of y = x @ W.T: W's rows decoded to float32 a panel at a time (decode_row), multiplied in
-float32 with float32 sums. They take every block type.
+float32 with float32 sums. They take every block type of blocks.QUANT_TYPES (K-quants included), one decoder
+per type in decode.py, the rest generic.
 
     matmul_dot(x, w, qtype)     tasks of (32 rows, up to 264 tokens), 4 rows x 6 tokens dot products: small n
     matmul_outer(x, w, qtype)   tasks of NR decoded rows packed once, times every token by outer_tile: larger n

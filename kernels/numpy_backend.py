@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import BF16, F16, F32, Q4_0, Q8_0, activations, quant_type, check_in_place, row_indices, weight_bytes
+from .blocks import (BF16, F16, F32, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0, activations, check_in_place,
+                     quant_type, row_indices, weight_bytes)
 
 # A tile of weight rows is dequantized into at most this many float32 values (4 MiB) at a time.
 TILE_VALUES = 1 << 20
@@ -44,19 +45,123 @@ def _decode_q8_0(raw, out):
     values *= _f16_scales(blocks)
 
 
+def _f16_at(blocks: np.ndarray, offset: int) -> np.ndarray:
+    """The f16 word at byte `offset` of each block, as float32 of shape (..., n_blocks, 1)."""
+    return blocks[..., offset:offset + 2].view(np.float16).astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray, q: np.ndarray) -> None:
+    """q[..., j] = low nibble of qs[..., j], q[..., j + n] = its high nibble (n = qs.shape[-1]): uint8 into q."""
+    n = qs.shape[-1]
+    np.bitwise_and(qs, 0x0F, out=q[..., :n])
+    np.right_shift(qs, 4, out=q[..., n:])
+
+
+def _fifth_bits(qh: np.ndarray) -> np.ndarray:
+    """Bit j of each block's 4-byte little-endian qh, shifted to 16 (the 5th bit of q[j]): uint8 (..., 32)."""
+    return np.unpackbits(qh, axis=-1, bitorder="little") << 4
+
+
 def _decode_q4_0(raw, out):
     blocks = raw.reshape(raw.shape[0], raw.shape[1] // 18, 18)
-    qs = blocks[..., 2:]
     q = np.empty(blocks.shape[:2] + (32,), np.int8)
-    np.bitwise_and(qs, 0x0F, out=q[..., :16].view(np.uint8))  # x[j]      in the low nibble of byte j
-    np.right_shift(qs, 4, out=q[..., 16:].view(np.uint8))  # x[j + 16] in its high nibble
+    _nibbles(blocks[..., 2:], q.view(np.uint8))
     q -= 8
     values = out.reshape(blocks.shape[0], blocks.shape[1], 32)
     values[...] = q
     values *= _f16_scales(blocks)
 
 
-DECODERS = {F32: _decode_f32, F16: _decode_f16, BF16: _decode_bf16, Q8_0: _decode_q8_0, Q4_0: _decode_q4_0}
+def _decode_q4_1(raw, out):
+    blocks = raw.reshape(raw.shape[0], raw.shape[1] // 20, 20)
+    q = np.empty(blocks.shape[:2] + (32,), np.uint8)
+    _nibbles(blocks[..., 4:], q)
+    values = out.reshape(q.shape)
+    values[...] = q
+    values *= _f16_at(blocks, 0)  # d * q, rounded, then + m: gguf's two roundings
+    values += _f16_at(blocks, 2)
+
+
+def _decode_q5_0(raw, out):
+    blocks = raw.reshape(raw.shape[0], raw.shape[1] // 22, 22)
+    q = np.empty(blocks.shape[:2] + (32,), np.uint8)
+    _nibbles(blocks[..., 6:], q)
+    q |= _fifth_bits(blocks[..., 2:6])
+    values = out.reshape(q.shape)
+    values[...] = q.view(np.int8)
+    values -= 16  # exact
+    values *= _f16_at(blocks, 0)
+
+
+def _decode_q5_1(raw, out):
+    blocks = raw.reshape(raw.shape[0], raw.shape[1] // 24, 24)
+    q = np.empty(blocks.shape[:2] + (32,), np.uint8)
+    _nibbles(blocks[..., 8:], q)
+    q |= _fifth_bits(blocks[..., 4:8])
+    values = out.reshape(q.shape)
+    values[...] = q
+    values *= _f16_at(blocks, 0)
+    values += _f16_at(blocks, 2)
+
+
+def _k_scales_mins(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K / Q5_K's 12 scale bytes -> the eight 6-bit scales and mins as float32 (..., 8): sub-blocks 0-3 in
+    the low 6 bits of bytes 0-3 (scales) and 4-7 (mins); 4-7 in the nibbles of bytes 8-11, their top bits in
+    the top 2 bits of bytes 0-3 and 4-7."""
+    lo, mid, hi = scales[..., 0:4], scales[..., 4:8], scales[..., 8:12]
+    sc = np.concatenate([lo & 0x3F, (hi & 0x0F) | ((lo >> 2) & 0x30)], axis=-1)
+    mn = np.concatenate([mid & 0x3F, (hi >> 4) | ((mid >> 2) & 0x30)], axis=-1)
+    return sc.astype(np.float32), mn.astype(np.float32)
+
+
+def _decode_k_quant(raw, out, block_bytes: int, qh_at: int | None):
+    """Q4_K (qh_at None) and Q5_K: value = (d * sc) * q - (dmin * m) per 32-value sub-block."""
+    blocks = raw.reshape(raw.shape[0], raw.shape[1] // block_bytes, block_bytes)
+    sc, mn = _k_scales_mins(blocks[..., 4:16])
+    scale = _f16_at(blocks, 0) * sc  # (..., 8): rounded to float32 first, as gguf does
+    low = _f16_at(blocks, 2) * mn
+    qs = blocks[..., block_bytes - 128:].reshape(blocks.shape[:2] + (4, 32))
+    q = np.empty(blocks.shape[:2] + (4, 2, 32), np.uint8)  # sub-block 2 g + h: nibble h of bytes 32 g ..
+    np.bitwise_and(qs, 0x0F, out=q[..., 0, :])
+    np.right_shift(qs, 4, out=q[..., 1, :])
+    q = q.reshape(blocks.shape[:2] + (8, 32))
+    if qh_at is not None:  # bit s of qh[l]: the 5th bit of sub-block s's q[l]
+        qh = blocks[..., None, qh_at:qh_at + 32] >> np.arange(8, dtype=np.uint8)[:, None]
+        q |= (qh & 1) << 4
+    values = out.reshape(q.shape)
+    values[...] = q
+    values *= scale[..., None]
+    values -= low[..., None]
+
+
+def _decode_q4_k(raw, out):
+    _decode_k_quant(raw, out, 144, None)
+
+
+def _decode_q5_k(raw, out):
+    _decode_k_quant(raw, out, 176, 16)
+
+
+def _decode_q6_k(raw, out):
+    """value = (d * sc) * (q - 32), one int8 scale per 16 values."""
+    blocks = raw.reshape(raw.shape[0], raw.shape[1] // 210, 210)
+    lead = blocks.shape[:2]
+    ql = blocks[..., :128].reshape(lead + (2, 1, 64))  # half g: bytes 64 g ..
+    qh = blocks[..., 128:192].reshape(lead + (2, 1, 32))
+    q = np.empty(lead + (2, 2, 64), np.uint8)  # (g, nibble, 64 values)
+    np.bitwise_and(ql[..., 0, :], 0x0F, out=q[..., 0, :])
+    np.right_shift(ql[..., 0, :], 4, out=q[..., 1, :])
+    q = q.reshape(lead + (2, 4, 32))  # (g, s, l): value 128 g + 32 s + l
+    q |= ((qh >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3) << 4
+    values = out.reshape(lead + (16, 16))
+    values[...] = q.reshape(lead + (16, 16)).view(np.int8)
+    values -= 32  # exact
+    values *= (_f16_at(blocks, 208) * blocks[..., 192:208].view(np.int8))[..., None]
+
+
+DECODERS = {F32: _decode_f32, F16: _decode_f16, BF16: _decode_bf16, Q8_0: _decode_q8_0, Q4_0: _decode_q4_0,
+            Q4_1: _decode_q4_1, Q5_0: _decode_q5_0, Q5_1: _decode_q5_1, Q4_K: _decode_q4_k, Q5_K: _decode_q5_k,
+            Q6_K: _decode_q6_k}
 
 
 def dequantize(w, qtype) -> np.ndarray:

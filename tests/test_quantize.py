@@ -118,7 +118,7 @@ def test_f32_is_the_bytes_themselves():
     np.testing.assert_array_equal(packed.view(np.float32), x)
 
 
-@pytest.mark.parametrize("name", list(QUANT_TYPES_BY_NAME))
+@pytest.mark.parametrize("name", [name for name, qt in QUANT_TYPES_BY_NAME.items() if qt.written])
 def test_relative_rms_error(name):
     qt = QUANT_TYPES_BY_NAME[name]
     x = np.random.default_rng(5).standard_normal((16, 128)).astype(np.float32)
