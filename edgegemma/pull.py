@@ -306,11 +306,14 @@ def probe(path: Path, label: str | None = None) -> str:
     return _file_type_name(model.file.metadata)
 
 
-# Per storage type: the 16-bit words that can hold NaN/Inf (byte offset in each block, block bytes) and the
-# exponent mask that marks them. Q8_0 and Q4_0 blocks start with their f16 scale; f32 is checked as f32.
+# Per storage type: the 16-bit words that can hold NaN/Inf (block bytes, byte offsets of the words in each block)
+# and the exponent mask that marks them: a block's f16 scale d (and min m / dmin where it has one; Q6_K keeps d
+# last). f32 is checked as f32.
 _F16_EXPONENT, _BF16_EXPONENT = 0x7C00, 0x7F80
-_FINITE_CHECKS = {"f16": (2, _F16_EXPONENT), "bf16": (2, _BF16_EXPONENT), "q8_0": (34, _F16_EXPONENT),
-                  "q4_0": (18, _F16_EXPONENT)}
+_FINITE_CHECKS = {"f16": (2, (0,), _F16_EXPONENT), "bf16": (2, (0,), _BF16_EXPONENT), "q8_0": (34, (0,), _F16_EXPONENT),
+                  "q4_0": (18, (0,), _F16_EXPONENT), "q4_1": (20, (0, 2), _F16_EXPONENT), "q5_0": (22, (0,), _F16_EXPONENT),
+                  "q5_1": (24, (0, 2), _F16_EXPONENT), "q4_k": (144, (0, 2), _F16_EXPONENT),
+                  "q5_k": (176, (0, 2), _F16_EXPONENT), "q6_k": (210, (208,), _F16_EXPONENT)}
 
 
 def _check_finite(file) -> None:
@@ -328,9 +331,10 @@ def _check_finite(file) -> None:
             if qt.name == "f32":
                 bad += int(data.size // 4 - np.count_nonzero(np.isfinite(data.view("<f4"))))
             else:
-                stride, mask = _FINITE_CHECKS[qt.name]
-                words = data.reshape(-1, stride)[:, :2].copy().view("<u2") if stride > 2 else data.view("<u2")
-                bad += int(np.count_nonzero((words & mask) == mask))
+                stride, offsets, mask = _FINITE_CHECKS[qt.name]
+                for at in offsets:
+                    words = data.reshape(-1, stride)[:, at:at + 2].copy().view("<u2") if stride > 2 else data.view("<u2")
+                    bad += int(np.count_nonzero((words & mask) == mask))
         file.release(info)  # read once: keep this process's resident set to the model's own
         if bad:
             what = "values" if qt.name in ("f32", "f16", "bf16") else "block scales"
@@ -427,8 +431,28 @@ def _make_model(ckpt: Path, target: Path, type_name: str, quantizer: str | None,
         _drop_scratch(staged)
 
 
+def _origin_suffix(path: Path) -> str | None:
+    """How a GGUF file's name in the cache says who made it: None for edgegemma's converter (named by its recipe
+    alone); else the `general.quantized_by` name (Unsloth's files, for one), or "llama.cpp" for files its
+    convert_hf_to_gguf.py made (its general.basename / size_label keys), or "other". So that llama.cpp's q8_0 file
+    sits beside edgegemma's q8_0 instead of replacing it."""
+    from gguf import Keys
+
+    from . import formats as F
+    from .gguf_file import GGUFFile
+
+    meta = GGUFFile(path).metadata
+    if F.KEY_CONVERTER_VERSION in meta:
+        return None
+    by = meta.get(Keys.General.QUANTIZED_BY)
+    by = re.sub(r"[^a-z0-9.]+", "-", by.lower()).strip("-.")[:40] if isinstance(by, str) else ""
+    if by:
+        return by
+    return "llama.cpp" if Keys.General.BASENAME in meta or Keys.General.SIZE_LABEL in meta else "other"
+
+
 def _pull_file(src: Path, type_name: str | None, log: Log) -> Path:
-    """Check the GGUF file `src` and put it in the cache as the model of its type (a copy, checked)."""
+    """Check the GGUF file `src` and put it in the cache as the model of its type and origin (a copy, checked)."""
     models = cache.models_dir()
     if src.resolve().parent == models.resolve():  # already one of the cache's models: check it, copy nothing
         file_type = check_model(src)
@@ -440,7 +464,7 @@ def _pull_file(src: Path, type_name: str | None, log: Log) -> Path:
         _copy(src, staged)
         file_type = check_model(staged, src)
         _check_file_type(src, file_type, type_name)
-        target = cache.model_path(file_type)
+        target = cache.model_path(file_type, _origin_suffix(staged))
         _install_model(staged, target)
     finally:
         _drop_scratch(staged)

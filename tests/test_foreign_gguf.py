@@ -128,6 +128,19 @@ def test_info_names_origin_types_and_tokenizer(tiny_bpe, tiny_ours):
     assert ours["prompts_stored"]
 
 
+def test_pull_names_a_foreign_file_by_its_origin(tiny_bpe, tiny_ours, tmp_path, monkeypatch):
+    """llama.cpp's f32 file goes in beside edgegemma's f32 file, under a name that says who made it."""
+    from edgegemma import cache
+    from edgegemma.pull import pull
+
+    monkeypatch.setenv("EDGEGEMMA_HOME", str(tmp_path / "home"))
+    ours = pull(tiny_ours, log=lambda line: None)
+    theirs = pull(foreign.convert_with_llama_cpp(tiny_bpe, "f32"), log=lambda line: None)
+    assert ours == cache.models_dir() / "embeddinggemma-300m-f32.gguf"
+    assert theirs == cache.models_dir() / "embeddinggemma-300m-f32-llama.cpp.gguf"
+    assert ours.is_file() and cache.default_model() == theirs
+
+
 # --- no tool needed: our own file, stripped of edgegemma's keys ------------------------------------------------
 
 def test_arrays_only_file_tokenizes_and_embeds_as_ours(tiny_bpe, tiny_ours, tmp_path):
