@@ -90,7 +90,9 @@ class PartStore:
                 previous = json.loads(manifest.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 previous = None
-            if previous != settings:
+            if previous != settings and not self.done():  # nothing done yet (the last run failed at once): start over
+                _write_atomically(manifest, lambda s: s.write(json.dumps(settings, indent=1).encode("utf-8")))
+            elif previous != settings:
                 raise CorpusError(f"{self.folder} holds an unfinished run with other settings "
                                   f"({_difference(previous, settings)}); rerun it with the same options, "
                                   "or delete that folder to start over")

@@ -13,11 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
 DEFAULT_GLOBS = ("**/*.md", "**/*.txt")
 DEFAULT_COLUMN = "text"
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean(text: str) -> str:
+    """Lone surrogates (JSON's "\\ud800") as U+FFFD, as invalid UTF-8 bytes are read: the rule `edgegemma embed`
+    and the server apply to every input, so one stray byte never stops a corpus."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 class CorpusError(Exception):
@@ -45,7 +55,7 @@ def _read_error(path: Path, err: Exception) -> CorpusError:
 
 
 class TextLines:
-    """A .txt file: one text per non-blank line; id = row number."""
+    """A .txt file: one text per non-blank line (invalid UTF-8 as U+FFFD); id = row number."""
 
     has_ids = False
 
@@ -60,7 +70,7 @@ class TextLines:
 
     def _rows(self) -> Iterator[tuple[int, str]]:
         try:
-            with open(self.path, encoding="utf-8", newline=None) as stream:
+            with open(self.path, encoding="utf-8", errors="replace", newline=None) as stream:
                 for number, line in enumerate(stream, 1):
                     text = line.rstrip("\n")
                     if text.strip():
@@ -86,7 +96,7 @@ class JsonLines:
 
     def _lines(self) -> Iterator[tuple[int, str]]:
         try:
-            with open(self.path, encoding="utf-8") as stream:
+            with open(self.path, encoding="utf-8", errors="replace") as stream:
                 for number, line in enumerate(stream, 1):
                     if line.strip():
                         yield number, line
@@ -101,12 +111,14 @@ class JsonLines:
             raise CorpusError(f"{where}: not JSON ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get(self.column), str):
             raise CorpusError(f"{where}: expected an object with a string field {json.dumps(self.column)}")
+        if not record[self.column].strip():
+            raise CorpusError(f"{where}: the {json.dumps(self.column)} field is empty or only whitespace")
         if self.id_column is None:
-            return row, record[self.column]
+            return row, _clean(record[self.column])
         key = record.get(self.id_column)
         if isinstance(key, bool) or not isinstance(key, (str, int)):
             raise CorpusError(f"{where}: field {json.dumps(self.id_column)} must be a string or an integer")
-        return key, record[self.column]
+        return _clean(key) if isinstance(key, str) else key, _clean(record[self.column])
 
     def chunks(self, start: int, size: int) -> Iterator[tuple[list, list[str]]]:
         rows = (self._record(number, line, row) for row, (number, line) in enumerate(self._lines()) if row >= start)
@@ -157,7 +169,9 @@ class ParquetColumn:
             nonlocal row
             if not groups:
                 return
-            for batch in self.file.iter_batches(batch_size=max(size, 1024), row_groups=groups, columns=columns):
+            # One thread: the model is the bottleneck, and pyarrow's reader threads each keep memory of their own.
+            batches = self.file.iter_batches(batch_size=max(size, 1024), row_groups=groups, columns=columns, use_threads=False)
+            for batch in batches:
                 texts = batch.column(self.column).to_pylist()
                 ids = batch.column(self.id_column).to_pylist() if self.id_column else range(row, row + len(texts))
                 for key, text in zip(ids, texts):
@@ -173,8 +187,8 @@ class ParquetColumn:
 
 
 class Folder:
-    """A folder: one text per file matching the globs (sorted by path), read as UTF-8; files with only white
-    space are skipped, as blank lines are. id = the file's path relative to the folder."""
+    """A folder: one text per file matching the globs (sorted by path), read as UTF-8 (invalid bytes as U+FFFD);
+    files with only white space are skipped, as blank lines are. id = the file's path relative to the folder."""
 
     has_ids = True
 
@@ -199,8 +213,8 @@ class Folder:
             row = 0
             for name in self.files:
                 try:
-                    text = (self.path / name).read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError) as err:
+                    text = (self.path / name).read_bytes().decode("utf-8", errors="replace")
+                except OSError as err:
                     raise _read_error(self.path / name, err) from None
                 if not text.strip():
                     continue
