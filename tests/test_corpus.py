@@ -223,10 +223,13 @@ def test_kill_9_then_resume_gives_every_row_once(tmp_path, model_file, model):
     process.wait()
     done = len(list(parts_folder(out).glob("part-*.npz")))
     assert not out.exists() and 3 <= done < 75
+    leftover = tmp_path / ".out.parquet.999999999.tmp"  # as a run killed while joining the parts leaves
+    leftover.write_bytes(b"PAR1")
     process = run_embed(argv + ["--progress"])
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert f"3000 texts in {out}; {3000 - 40 * done} embedded" in err
+    assert not leftover.exists()
     ids, vectors, _ = read_parquet(out)
     assert ids == list(range(3000))
     assert_same_vectors(vectors, model.encode(texts))

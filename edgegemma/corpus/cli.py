@@ -33,13 +33,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def wanted(args: argparse.Namespace) -> bool:
-    """Whether this run is a corpus run: a corpus option, or an --input file/folder with an --output file."""
+    """Whether this run is a corpus run: a corpus option, a .parquet --input, or an --input file/folder with an
+    --output file."""
     if any(getattr(args, name, None) is not None for name in ("column", "id_column", "glob", "part_size", "dask")):
         return True
     if not args.input or args.input == "-":
         return False
-    path = Path(args.input)
-    return path.is_dir() or path.suffix.lower() == ".parquet" or bool(args.output)
+    # A .parquet file is never read as lines of text; a folder without --output gets embed_cli's "is a directory".
+    return Path(args.input).suffix.lower() == ".parquet" or bool(args.output)
 
 
 def run(args: argparse.Namespace) -> int:

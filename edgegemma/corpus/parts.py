@@ -104,6 +104,9 @@ class PartStore:
             _write_atomically(manifest, lambda s: s.write(json.dumps(settings, indent=1).encode("utf-8")))
         for leftover in self.folder.glob(".*.tmp"):  # a part a killed run was writing
             leftover.unlink(missing_ok=True)
+        for leftover in output.parent.glob(f".{output.name}.*.tmp"):  # an output a killed run was joining
+            if not _alive(leftover.name.split(".")[-2]):
+                leftover.unlink(missing_ok=True)
 
     def done(self) -> list[int]:
         """The finished parts' numbers, in order."""
@@ -135,6 +138,16 @@ class PartStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _difference(previous: dict | None, settings: dict) -> str:
