@@ -84,21 +84,15 @@ def _run(args: argparse.Namespace) -> int:
         raise CorpusError(f"--part-size must be a positive integer, got {part_size}")
     model_path = cache.resolve_model(args.model)
     source = open_source(args.input, args.column, args.id_column, args.glob)
-
-    from ..api import load
-
-    model = load(model_path)
     options = EncodeOptions(prompt_name=args.prompt_name, title=args.title, batch_size=args.batch_size, truncate_dim=args.dim)
-    model._prompt(options.prompt_name, None)  # an unknown prompt name fails now, not at the first part
-    options.dimension(model)
     embedder = None
     if args.dask:
         from ..dask import ClusterEmbedder
 
-        embedder = ClusterEmbedder.connect(args.dask, model.path, options)
+        embedder = ClusterEmbedder.connect(args.dask, model_path, options)
     show = args.progress if args.progress is not None else _terminal()
-    try:
-        summary = embed_corpus(source, output, model, options, embedder, part_size=part_size, show_progress=show)
+    try:  # the model goes as a path: embed_corpus loads it, and lets it go before joining the parts
+        summary = embed_corpus(source, output, model_path, options, embedder, part_size=part_size, show_progress=show)
     finally:
         if embedder is not None:
             embedder.close()

@@ -5,6 +5,7 @@ order: the model in this process (LocalEmbedder), or a Dask cluster (edgegemma.d
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,11 @@ class Summary:
 
 
 def settings_for(source, output: Path, model, options: EncodeOptions, part_size: int) -> dict:
-    """What a resumed run must share with the one it continues; kept in the parts folder's manifest."""
+    """What a resumed run must share with the one it continues; kept in the parts folder's manifest. An unknown
+    prompt name or a size the model cannot truncate to fails here, before any work."""
+    if options.truncate_dim is not None and not 1 <= options.truncate_dim <= model.dimension:
+        raise ValueError(f"truncate_dim must be an integer from 1 to {model.dimension} (Matryoshka sizes 768, 512, "
+                         f"256, 128), got {options.truncate_dim!r}")
     return {"version": FORMAT_VERSION, "input": source.identity(), "output": output_format(output),
             "model": {"file": model.path.name, "size": model.path.stat().st_size, "recipe": model.recipe},
             "prompt": options.prompt_text(model), "dimension": options.dimension(model), "part_size": part_size}
@@ -52,8 +57,14 @@ def settings_for(source, output: Path, model, options: EncodeOptions, part_size:
 def embed_corpus(source, output: str | Path, model, options: EncodeOptions, embedder=None,
                  part_size: int = DEFAULT_PART_SIZE, show_progress: bool = False) -> Summary:
     """Embed every row of `source` into `output` (.parquet, .npy or .jsonl), resuming an interrupted run of the
-    same settings. `model` gives the settings (prompt, dimension, file); `embedder` does the work (default: it)."""
+    same settings. `model` (a SentenceEncoder, or a GGUF path to load) gives the settings (prompt, dimension,
+    file); `embedder` does the work (default: the model). A model loaded here is let go before the parts are
+    joined, so that the join's memory (pyarrow's writer) does not add to the model's."""
     output = Path(output)
+    if not hasattr(model, "encode"):
+        from ..api import load
+
+        model = load(model)
     if not source.total:
         raise CorpusError("no texts to embed in the input")
     settings = settings_for(source, output, model, options, part_size)
@@ -71,8 +82,10 @@ def embed_corpus(source, output: str | Path, model, options: EncodeOptions, embe
             bar.update(len(ids))
         bar.finish()  # a folder's blank files were counted in its total
     seconds = time.perf_counter() - started
-    parts = store.parts()
     metadata = {"model": model.path.name, "recipe": model.recipe, "dimension": dim, "prompt": settings["prompt"]}
+    del model, embedder, chunks
+    gc.collect()  # the caller's model, if it holds one, stays; ours (and its packed weights) is freed now
+    parts = store.parts()
     WRITERS[fmt](output, parts, dim, metadata, source.has_ids)
     rows = sum(_rows(p) for p in parts)
     store.remove()
