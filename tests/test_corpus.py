@@ -291,10 +291,13 @@ def test_bad_corpus_input_is_one_line(capsys, tmp_path, model_file):
         assert "Traceback" not in err and not out.exists()
 
 
-def test_missing_pyarrow_is_one_line(tmp_path, model_file):
+def test_missing_pyarrow_is_one_line_before_any_work(tmp_path, model_file):
     source = write_parquet_input(tmp_path / "in.parquet", TEXTS[:3])
-    code = ("import sys; sys.modules['pyarrow'] = None; from edgegemma.cli import main; "
-            f"raise SystemExit(main(['embed', '-m', {str(model_file)!r}, '--input', {str(source)!r}, '--output', 'x.npy']))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert result.returncode == 1
-    assert result.stderr == "edgegemma embed: error: Parquet needs pyarrow: pip install 'edgegemma[parquet]'\n"
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS[:3]), encoding="utf-8")
+    for argv in ([source, "x.npy"], [tmp_path / "in.txt", "x.parquet"]):
+        code = ("import sys; sys.modules['pyarrow'] = None; from edgegemma.cli import main; raise SystemExit(main("
+                f"['embed', '-m', {str(model_file)!r}, '--input', {str(argv[0])!r}, '--output', {argv[1]!r}]))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        assert result.returncode == 1
+        assert result.stderr == "edgegemma embed: error: Parquet needs pyarrow: pip install 'edgegemma[parquet]'\n"
+        assert not (tmp_path / "x.parquet.parts").exists()

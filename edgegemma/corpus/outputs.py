@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .parts import Part, _write_atomically
-from .readers import CorpusError, require_pyarrow
+from .readers import CorpusError, check_pyarrow, require_pyarrow
 
 METADATA_PREFIX = "edgegemma."
 
@@ -89,6 +89,6 @@ def output_format(path: Path) -> str:
     if suffix not in WRITERS:
         raise CorpusError(f"{path}: unknown output format; use .parquet, .npy or .jsonl")
     if suffix == ".parquet":
-        require_pyarrow()
+        check_pyarrow()  # imported for the join only: while the model embeds, its memory is not needed
     return suffix
 

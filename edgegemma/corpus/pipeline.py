@@ -6,6 +6,7 @@ order: the model in this process (LocalEmbedder), or a Dask cluster (edgegemma.d
 from __future__ import annotations
 
 import gc
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ def embed_corpus(source, output: str | Path, model, options: EncodeOptions, embe
     file); `embedder` does the work (default: the model). A model loaded here is let go before the parts are
     joined, so that the join's memory (pyarrow's writer) does not add to the model's."""
     output = Path(output)
-    if not hasattr(model, "encode"):
+    if isinstance(model, (str, os.PathLike)):
         from ..api import load
 
         model = load(model)

@@ -34,14 +34,29 @@ class CorpusError(Exception):
     """Bad corpus input or options; str() is the one line shown."""
 
 
+PYARROW_MISSING = "Parquet needs pyarrow: pip install 'edgegemma[parquet]'"
+
+
 def require_pyarrow():
     """pyarrow, or a one-line error saying how to get it."""
     try:
         import pyarrow  # noqa: F401
         import pyarrow.parquet
     except ImportError:
-        raise CorpusError("Parquet needs pyarrow: pip install 'edgegemma[parquet]'") from None
+        raise CorpusError(PYARROW_MISSING) from None
     return pyarrow
+
+
+def check_pyarrow() -> None:
+    """require_pyarrow's error now, without importing it (~40 MiB resident) until it is used."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("pyarrow") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["pyarrow"] is None
+        found = False
+    if not found:
+        raise CorpusError(PYARROW_MISSING)
 
 
 def _file_identity(path: Path) -> dict:
