@@ -2,7 +2,8 @@
 
 Nothing is held twice: each tensor's bytes are produced a chunk of rows at a time as they are
 written (converter.quantizers.QuantizedTensor). The file is written to a hidden temporary name
-beside the target and renamed at the end, so a failed or interrupted run leaves no .gguf behind.
+beside the target and renamed at the end, so a failed or interrupted run leaves no .gguf behind; just before
+the rename, the file's checksum is written over a placeholder in its metadata (edgegemma.integrity).
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import gguf
 import numpy as np
 from gguf import GGUFValueType
 
+from edgegemma import formats as F
 from edgegemma.formats import ARCH, QuantType
+from edgegemma.integrity import CHECKSUM_PLACEHOLDER, seal
 
 from .errors import ConversionError
 
@@ -80,6 +83,7 @@ def write_gguf(out: Path, add_metadata: Callable[[gguf.GGUFWriter], None], tenso
     writer = Writer(tmp, ARCH)
     try:
         add_metadata(writer)
+        writer.add_string(F.KEY_CHECKSUM, CHECKSUM_PLACEHOLDER)  # filled in once every byte is written
         for t in tensors:
             writer.add_tensor_info(t.name, t.byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=t.qt.ggml_type)
         writer.write_header_to_file()
@@ -89,6 +93,7 @@ def write_gguf(out: Path, add_metadata: Callable[[gguf.GGUFWriter], None], tenso
             writer.write_tensor_data(t)  # type: ignore[arg-type]  # see QuantizedTensor
             written(i, t)
         writer.close()
+        seal(tmp)
         os.replace(tmp, out)
     except BaseException as e:
         with contextlib.suppress(OSError):

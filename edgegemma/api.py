@@ -10,9 +10,10 @@ from gguf import Keys
 
 from . import formats as F
 from .config import Config
-from .gguf_file import GGUFFile, ModelFileError
+from .gguf_file import GGUFFile, ModelFileError, shown
+from .integrity import check_finite, check_norms, check_tensor_types
 from .model import EmbeddingGemma, Trace
-from .prompts import prompts_for
+from .prompts import prompts_for, resolve_name
 from .tokenizer import Tokenizer
 from .weights import load_weights, require_dense_head
 
@@ -27,19 +28,23 @@ class SentenceEncoder:
         self.file = GGUFFile(self.path)
         meta = self.file.metadata
         arch = meta.get(Keys.General.ARCHITECTURE)
-        if arch != F.ARCH:
-            raise ModelFileError(f"{self.path}: architecture is {arch!r}, expected {F.ARCH!r}")
+        if not isinstance(arch, str) or arch != F.ARCH:
+            raise ModelFileError(f"{self.path}: architecture is {shown(arch)}, expected {F.ARCH!r}")
         require_dense_head(self.file)
         try:
             self.config = Config.from_metadata(meta)
+            self.prompts: dict[str, str] = prompts_for(meta)
         except KeyError as err:
             raise ModelFileError(f"{self.path}: metadata key {err.args[0]} is missing") from None
         except ValueError as err:
             raise ModelFileError(f"{self.path}: {err}") from None
         self.tokenizer = self._tokenizer(meta)  # first: its transient memory then peaks before the weights are packed
-        self.model = EmbeddingGemma(self.config, load_weights(self.file, self.config))
-        self.prompts: dict[str, str] = prompts_for(meta)
-        self.recipe = meta.get(F.KEY_RECIPE, "unknown")
+        check_tensor_types(self.file, self.config)
+        weights = load_weights(self.file, self.config)
+        check_norms(self.file, weights)
+        self.model = EmbeddingGemma(self.config, weights)
+        recipe = meta.get(F.KEY_RECIPE)
+        self.recipe = recipe if isinstance(recipe, str) else "unknown"
         self.file.release_header()  # the vocabulary and tokenizer pages: read, no longer needed in memory
 
     def _tokenizer(self, meta: dict) -> Tokenizer:
@@ -114,9 +119,14 @@ class SentenceEncoder:
             return prompt
         if prompt_name is None:
             return ""
-        if prompt_name not in self.prompts:
-            raise ValueError(f"unknown prompt_name {prompt_name!r}; this model has: {', '.join(self.prompts)}")
-        return self.prompts[prompt_name]
+        return self.prompts[self.prompt_name(prompt_name)]
+
+    def prompt_name(self, name: str) -> str:
+        """The model's name for prompt `name`, matched case-insensitively ("sts" is "STS") as the CLI and the server
+        match it; ValueError when it names none."""
+        if not isinstance(name, str):
+            raise TypeError(f"prompt_name must be a string, got {type(name).__name__}")
+        return resolve_name(self.prompts, name)
 
     def _encode(self, prompts: list[str], texts: list, batch_size: int, truncate_dim: int | None,
                 normalize: bool, progress: bool | None) -> np.ndarray:
@@ -135,8 +145,10 @@ class SentenceEncoder:
             from tqdm import tqdm
 
             batches = tqdm(batches, desc="edgegemma", unit="batch")
-        for batch in batches:
-            out[batch] = self.model.forward([ids[i] for i in batch])
+        with np.errstate(over="ignore", invalid="ignore"):  # a corrupt file's overflows are reported below, once
+            for batch in batches:
+                out[batch] = self.model.forward([ids[i] for i in batch])
+        check_finite(out, self.path)
         if truncate_dim is not None:
             out = np.ascontiguousarray(out[:, :truncate_dim])
         if normalize:  # the model's output is unit length; after truncation it is made so again

@@ -7,6 +7,8 @@ SUBCOMMANDS to add a command. Handlers import what they need when they run, so
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Callable, Sequence
 
 RECIPE_HELP = ("f32, f16, bf16, q8_0, q4_0, mixed (e4_a8_f4_p4: attention Q8_0, embedding/FFN/head Q4_0) "
@@ -61,7 +63,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:  # `edgegemma info FILE | head` closed stdout: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently too
+        return 0
 
 
 if __name__ == "__main__":

@@ -8,12 +8,13 @@ Every failure is one line on stderr and exit code 1.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
-from . import cache
+from . import cache, text
 from .corpus import cli as corpus_cli
 
 PROG = "edgegemma embed"
@@ -25,33 +26,50 @@ class InputError(Exception):
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
-    """Texts from the arguments, else --input (.txt: one per non-blank line; .jsonl: the `text` field), else stdin lines."""
+    """Texts from the arguments, else --input (.txt: one per non-blank line; .jsonl: the `text` field), else stdin lines.
+
+    As the server: invalid UTF-8 and lone surrogates become U+FFFD (edgegemma.text); an empty or whitespace-only
+    argument or "text" field is an error; a line-oriented input skips blank lines, and one with no text is an error."""
     if args.texts and args.input:
         raise InputError("give texts as arguments or with --input, not both")
     if args.texts:
-        return list(args.texts)
+        texts = [text.clean(t) for t in args.texts]  # argv's undecodable bytes arrive as lone surrogates
+        for i, t in enumerate(texts, 1):
+            if text.is_blank(t):
+                raise InputError(f"argument {i} is {'empty' if not t else 'only whitespace'}; give the text to embed")
+        return texts
     if args.input:
         path = Path(args.input)
         try:
-            content = sys.stdin.read() if args.input == "-" else path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from None
-        if path.suffix.lower() == ".jsonl":
-            return _jsonl_texts(content, path)
-        return _lines(content)
+            content = _stdin_text() if args.input == "-" else text.decode(path.read_bytes())
+        except OSError as err:
+            raise InputError(f"cannot read {path}: {err.strerror or err}") from None
+        texts = _jsonl_texts(content, path) if path.suffix.lower() == ".jsonl" else _lines(content)
+        if not texts:
+            raise InputError(f"{'stdin' if args.input == '-' else path} holds no text (it is empty or only blank lines)")
+        return texts
     if sys.stdin is None or sys.stdin.isatty():
         raise InputError("no input: give TEXT arguments, --input FILE, or pipe lines on stdin")
-    return _lines(sys.stdin.read())
+    texts = _lines(_stdin_text())
+    if not texts:
+        raise InputError("stdin is empty (or only blank lines): pipe one text per line, or give TEXT arguments")
+    return texts
+
+
+def _stdin_text() -> str:
+    """All of stdin, its bytes decoded as every input is (a stream without bytes underneath: its text, cleaned)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return text.decode(buffer.read()) if buffer is not None else text.clean(sys.stdin.read())
 
 
 def _lines(content: str) -> list[str]:
-    return [line for line in content.splitlines() if line.strip()]
+    return [line for line in content.splitlines() if not text.is_blank(line)]
 
 
 def _jsonl_texts(content: str, path: Path) -> list[str]:
     texts = []
     for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
+        if text.is_blank(line):
             continue
         try:
             record = json.loads(line)
@@ -59,7 +77,9 @@ def _jsonl_texts(content: str, path: Path) -> list[str]:
             raise InputError(f"{path}:{number}: not JSON ({err.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise InputError(f"{path}:{number}: expected an object with a string field \"text\"")
-        texts.append(record["text"])
+        if text.is_blank(record["text"]):
+            raise InputError(f"{path}:{number}: the \"text\" field is empty or only whitespace")
+        texts.append(text.clean(record["text"]))  # JSON's "\ud800" escapes give lone surrogates
     return texts
 
 
@@ -69,27 +89,40 @@ def _float_list(vector) -> str:
 
 
 def write_output(path: str | None, texts: list[str], vectors, out=None) -> None:
+    """JSON lines to `out` (stdout), or the file `path` (.jsonl or .npy), written whole or not at all: under a hidden
+    name beside it, flushed to disk, then renamed; a full disk or a kill leaves no partial file under `path`."""
     import numpy as np
 
-    if path and Path(path).suffix.lower() == ".npy":
-        try:
-            np.save(path, vectors)
-        except OSError as err:
-            raise InputError(f"cannot write {path}: {err.strerror or err}") from None
-        return
-    if path and Path(path).suffix.lower() not in (".jsonl", ".json"):
+    if path and Path(path).suffix.lower() not in (".jsonl", ".json", ".npy"):
         raise InputError(f"{path}: unknown output format; use .jsonl (JSON lines) or .npy")
+    if not path:
+        _write_jsonl(out or sys.stdout, texts, vectors)
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        stream = open(path, "w", encoding="utf-8") if path else (out or sys.stdout)
+        with open(tmp, "wb") as f:
+            if target.suffix.lower() == ".npy":  # through memory: a failed write then says why ("File too large")
+                data = io.BytesIO()
+                np.save(data, vectors)
+                f.write(data.getbuffer())
+            else:
+                stream = io.TextIOWrapper(f, encoding="utf-8")
+                _write_jsonl(stream, texts, vectors)
+                stream.detach()  # f stays open, for the fsync
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
     except OSError as err:
-        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        for i, (text, vector) in enumerate(zip(texts, vectors)):
-            stream.write(f'{{"index": {i}, "text": {json.dumps(text, ensure_ascii=False)}, "embedding": {_float_list(vector)}}}\n')
-        stream.flush()
+        raise InputError(f"cannot write {path}: {err.strerror or err}; nothing was written") from None
     finally:
-        if path:
-            stream.close()
+        tmp.unlink(missing_ok=True)
+
+
+def _write_jsonl(stream, texts: list[str], vectors) -> None:
+    for i, (t, vector) in enumerate(zip(texts, vectors)):
+        stream.write(f'{{"index": {i}, "text": {json.dumps(t, ensure_ascii=False)}, "embedding": {_float_list(vector)}}}\n')
+    stream.flush()
 
 
 def _check_output_path(path: str | None) -> None:
@@ -107,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         return corpus_cli.run(args)
     try:
         _check_output_path(args.output)
-        if args.title is not None and args.prompt_name not in (None, "document"):
+        document = args.prompt_name is not None and args.prompt_name.casefold() == "document"
+        if args.title is not None and args.prompt_name is not None and not document:
             raise InputError(f"--title goes with the document prompt, not --prompt-name {args.prompt_name}")
         model_path = cache.resolve_model(args.model)
         texts = read_texts(args)
@@ -117,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         model = load(model_path)
         progress = args.progress if args.progress is not None else (len(texts) >= PROGRESS_MIN_INPUTS and sys.stderr.isatty())
         options = dict(batch_size=args.batch_size, truncate_dim=args.dim, show_progress_bar=progress)
-        if args.title is not None or args.prompt_name == "document":
+        if args.title is not None or document:
             vectors = model.encode_document(texts, titles=args.title, **options)
         else:
             vectors = model.encode(texts, prompt_name=args.prompt_name, **options)

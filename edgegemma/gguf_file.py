@@ -40,47 +40,81 @@ class TensorInfo:
     data: np.ndarray  # uint8 (rows, bytes per row), a read-only view into the file
 
 
+MAX_ARRAY_DEPTH = 4  # arrays of arrays: deeper nesting than any GGUF writer makes is a corrupt file
+MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
+MAX_ALIGNMENT = 1 << 16
+
+
+def shown(value) -> str:
+    """A metadata value in a one-line message: its repr, cut short; an array by its shape."""
+    text = f"an array of shape {value.shape}" if hasattr(value, "shape") else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _shown(name: str) -> str:
+    """A key or tensor name as messages show it: as is, or quoted with escapes when it holds unprintable characters."""
+    return name if name.isprintable() else repr(name)
+
+
 class _Cursor:
-    """Reads little-endian values from a buffer and says clearly when the file ends too soon."""
+    """Reads little-endian values from a buffer. Every length and count is checked against the bytes left before
+    it is used, so a corrupt field gives a ModelFileError naming the byte and the item (`where`), never a huge
+    allocation or an arithmetic error."""
 
     def __init__(self, buf, path: Path):
         self.buf, self.pos, self.path = buf, 0, path
+        self.where = "the header"  # what is being read, for messages: a metadata key, a tensor info
 
-    def take(self, n: int) -> int:
+    def fail(self, problem: str, short: bool = False) -> ModelFileError:
+        """The error for `problem` at what is being read; short: the data runs past the end of the file."""
+        return ModelFileError(f"{self.path}: {'file is truncated or corrupt' if short else 'corrupt file'}: {self.where}: {problem}")
+
+    def take(self, n: int, what: str = "a value") -> int:
         start = self.pos
-        if start + n > len(self.buf):
-            raise ModelFileError(f"{self.path}: file is truncated (header needs byte {start + n:,}, file has {len(self.buf):,})")
+        if n > len(self.buf) - start:
+            raise self.fail(f"{what} at byte {start:,} needs {n:,} bytes; the file ends at byte {len(self.buf):,}", short=True)
         self.pos += n
         return start
 
-    def unpack(self, fmt: str):
-        start = self.take(struct.calcsize(fmt))
+    def unpack(self, fmt: str, what: str = "a value"):
+        start = self.take(struct.calcsize(fmt), what)
         return struct.unpack_from(fmt, self.buf, start)[0]
 
-    def string(self) -> str:
-        n = self.unpack("<Q")
-        start = self.take(n)
+    def count(self, n: int, item_bytes: int, what: str) -> int:
+        """A count of items of at least `item_bytes` each, refused when the rest of the file cannot hold them."""
+        left = len(self.buf) - self.pos
+        if n > left // item_bytes:
+            raise self.fail(f"{what} at byte {self.pos - 8:,} is {n:,}, more than the {left:,} bytes left can hold", short=True)
+        return n
+
+    def string(self, what: str = "a string") -> str:
+        n = self.unpack("<Q", f"the length of {what}")
+        start = self.take(n, what)
         try:
             return bytes(self.buf[start:start + n]).decode("utf-8")
         except UnicodeDecodeError:
-            raise ModelFileError(f"{self.path}: corrupt metadata (a string at byte {start:,} is not UTF-8)") from None
+            raise self.fail(f"{what} at byte {start:,} is not UTF-8") from None
 
-    def value(self, vtype: int):
+    def value(self, vtype: int, depth: int = 0):
         try:
             vtype = GGUFValueType(vtype)
         except ValueError:
-            raise ModelFileError(f"{self.path}: corrupt metadata (unknown value type {vtype} at byte {self.pos:,})") from None
+            raise self.fail(f"unknown value type {vtype} before byte {self.pos:,}") from None
         if vtype == GGUFValueType.STRING:
             return self.string()
         if vtype == GGUFValueType.ARRAY:
-            item_type, count = self.unpack("<I"), self.unpack("<Q")
+            if depth >= MAX_ARRAY_DEPTH:
+                raise self.fail(f"arrays nested over {MAX_ARRAY_DEPTH} deep at byte {self.pos:,}")
+            item_type = self.unpack("<I", "an array's item type")
+            count = self.unpack("<Q", "an array's length")
             if item_type in _SCALARS:
                 dtype = _SCALARS[GGUFValueType(item_type)]
-                start = self.take(count * dtype.itemsize)
+                start = self.take(self.count(count, dtype.itemsize, "an array's length") * dtype.itemsize, "an array")
                 return np.frombuffer(self.buf, dtype, count, start)
             if item_type == GGUFValueType.STRING:
-                return self.strings(count)
-            return [self.value(item_type) for _ in range(count)]
+                return self.strings(self.count(count, 8, "a string array's length"))
+            self.count(count, 12, "an array's length")  # an array item takes at least its type and length
+            return [self.value(item_type, depth + 1) for _ in range(count)]
         dtype = _SCALARS[vtype]
         value = np.frombuffer(self.buf, dtype, 1, self.take(dtype.itemsize))[0].item()
         return bool(value) if vtype == GGUFValueType.BOOL else value
@@ -95,13 +129,15 @@ class _Cursor:
         pos = self.pos
         offsets = [pos]
         append = offsets.append
+        i = 0
         try:
-            for _ in range(count):
+            for i in range(count):
                 pos += 8 + unpack(buf, pos)[0]
                 append(pos)
-        except struct.error:
-            raise ModelFileError(f"{self.path}: file is truncated (inside a string array)") from None
-        self.take(pos - self.pos)
+        except (struct.error, OverflowError):  # a length past the end of the file (or past any offset there is)
+            raise self.fail(f"string {i:,} of {count:,} in an array runs past the end of the file "
+                            f"(it starts at byte {offsets[-1]:,})", short=True) from None
+        self.take(pos - self.pos, f"a string array of {count:,} strings")
         offsets = np.array(offsets, np.int64)
         starts = offsets[:-1] + 8
         return StringArray(self.buf, starts, offsets[1:] - starts)
@@ -154,45 +190,75 @@ class GGUFFile:
         cur = _Cursor(buf, self.path)
         if len(buf) < 4 or cur.unpack("<I") != GGUF_MAGIC:
             raise ModelFileError(f"{self.path}: not a GGUF file (bad magic number)")
-        version = cur.unpack("<I")
+        version = cur.unpack("<I", "the version")
         if version not in (2, 3):
             raise ModelFileError(f"{self.path}: GGUF version {version} is not supported (2 or 3)")
-        n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
+        n_tensors = cur.count(cur.unpack("<Q", "the tensor count"), 24, "the tensor count")  # name, dims, type, offset
+        n_kv = cur.count(cur.unpack("<Q", "the metadata count"), 13, "the metadata count")  # key, type, a byte
         self.metadata: dict = {}
-        for _ in range(n_kv):
-            key = cur.string()
-            self.metadata[key] = cur.value(cur.unpack("<I"))
+        self._value_ends: dict[str, int] = {}
+        for i in range(n_kv):
+            cur.where = f"metadata entry {i:,} of {n_kv:,}"
+            key = cur.string("a key")
+            cur.where = f"metadata key {_shown(key)}"
+            if key in self.metadata:
+                raise cur.fail("the key appears twice")
+            self.metadata[key] = cur.value(cur.unpack("<I", "the value type"))
+            self._value_ends[key] = cur.pos
 
         infos = []
-        for _ in range(n_tensors):
-            name = cur.string()
-            n_dims = cur.unpack("<I")
-            dims = tuple(cur.unpack("<Q") for _ in range(n_dims))  # ggml order: fastest-varying first
-            infos.append((name, cur.unpack("<I"), dims, cur.unpack("<Q")))
-        alignment = int(self.metadata.get(Keys.General.ALIGNMENT, GGUF_DEFAULT_ALIGNMENT))
+        for i in range(n_tensors):
+            cur.where = f"tensor info {i:,} of {n_tensors:,}"
+            name = cur.string("a tensor name")
+            cur.where = f"tensor {_shown(name)}"
+            n_dims = cur.unpack("<I", "the number of dimensions")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise cur.fail(f"{n_dims} dimensions (1 to {MAX_DIMS})")
+            dims = tuple(cur.unpack("<Q", "a dimension") for _ in range(n_dims))  # ggml order: fastest-varying first
+            infos.append((name, cur.unpack("<I", "the type"), dims, cur.unpack("<Q", "the data offset")))
+        alignment = self.metadata.get(Keys.General.ALIGNMENT, GGUF_DEFAULT_ALIGNMENT)
+        if isinstance(alignment, bool) or not isinstance(alignment, int) or not 0 < alignment <= MAX_ALIGNMENT \
+                or alignment & (alignment - 1):
+            raise ModelFileError(f"{self.path}: corrupt file: {Keys.General.ALIGNMENT} is {alignment!r}, "
+                                 f"not a power of two up to {MAX_ALIGNMENT:,}")
         data_start = -(-cur.pos // alignment) * alignment
         self.data_start = data_start
 
         self.tensors: dict[str, TensorInfo] = {}
         array = np.frombuffer(buf, np.uint8)
         for name, ggml_type, dims, offset in infos:
-            try:
-                block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-            except (ValueError, KeyError):
-                raise ModelFileError(f"{self.path}: tensor {name} has unknown type id {ggml_type}") from None
-            row_values = dims[0] if dims else 1
-            n_rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
-            if row_values % block_size:
-                raise ModelFileError(f"{self.path}: tensor {name}: a row of {row_values} values is not whole {block_size}-value blocks")
-            row_bytes = row_values // block_size * type_size
-            start, end = data_start + offset, data_start + offset + n_rows * row_bytes
-            if end > len(buf):
-                raise ModelFileError(
-                    f"{self.path}: file is truncated: tensor {name} needs bytes {start:,}..{end:,}, file has {len(buf):,}"
-                )
-            view = array[start:end].reshape(n_rows, row_bytes)
-            self.tensors[name] = TensorInfo(name, ggml_type, tuple(reversed(dims)), view)
+            self.tensors[name] = self._tensor_info(array, name, ggml_type, dims, offset, data_start, alignment)
         self._data_offset = array.ctypes.data  # address of byte 0 of the file in the map
+
+    def string_end(self, key: str) -> int:
+        """The byte just past a metadata value: for a string, its last character's offset + 1."""
+        return self._value_ends[key]
+
+    def _tensor_info(self, array: np.ndarray, name: str, ggml_type: int, dims: tuple[int, ...], offset: int,
+                     data_start: int, alignment: int) -> TensorInfo:
+        """One tensor's view into the file, its type, shape and place checked (sizes in Python ints: no overflow)."""
+        where = f"{self.path}: tensor {_shown(name)}"
+        if name in self.tensors:
+            raise ModelFileError(f"{where}: corrupt file: two tensors have this name")
+        try:
+            block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        except (ValueError, KeyError):
+            raise ModelFileError(f"{where} has unknown type id {ggml_type}") from None
+        row_values, n_rows = dims[0], 1
+        for d in dims[1:]:
+            n_rows *= d
+        if row_values % block_size:
+            raise ModelFileError(f"{where}: a row of {row_values:,} values is not whole {block_size}-value blocks")
+        row_bytes = row_values // block_size * type_size
+        if offset % alignment:
+            raise ModelFileError(f"{where}: corrupt file: data offset {offset:,} is not a multiple of the alignment {alignment}")
+        start = data_start + offset
+        end = start + n_rows * row_bytes
+        if end > len(array):
+            raise ModelFileError(f"{where}: file is truncated or corrupt: shape {tuple(reversed(dims))} at byte {start:,} "
+                                 f"needs bytes up to {end:,}; the file ends at byte {len(array):,}")
+        view = array[start:end].reshape(n_rows, row_bytes)
+        return TensorInfo(name, ggml_type, tuple(reversed(dims)), view)
 
     def read_rows(self, info: TensorInfo, rows: np.ndarray) -> np.ndarray:
         """Copies of the rows `rows` (sorted, unique, in range) of a tensor, uint8 (len(rows), row_bytes),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from gguf import Keys, TokenType
 
-from .gguf_file import ModelFileError, StringArray
+from .gguf_file import ModelFileError, StringArray, shown
 
 # SentencePiece's ModelProto (sentencepiece_model.proto): field numbers this file writes.
 _MODEL_PIECES, _MODEL_TRAINER_SPEC, _MODEL_NORMALIZER_SPEC = 1, 2, 3
@@ -135,12 +135,20 @@ def _pieces(data: np.ndarray, lengths: np.ndarray, scores: np.ndarray, types: np
     return out
 
 
+def flag(meta: dict, key: str, default: bool, where: str) -> bool:
+    """A boolean metadata value (GGUF BOOL, or an integer 0/1), `default` when absent."""
+    value = meta.get(key, default)
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ModelFileError(f"{where}: metadata key {key} should be true or false")
+
+
 def sentencepiece_model(meta: dict, where: str) -> bytes:
     """The serialized SentencePiece ModelProto that `meta`'s tokenizer.ggml.* keys describe; `where`
     (the file) starts every error message."""
     model = meta.get(Keys.Tokenizer.MODEL)
-    if model != "llama":
-        raise ModelFileError(f"{where}: {Keys.Tokenizer.MODEL} is {model!r}; only SentencePiece vocabularies ('llama') are supported")
+    if not isinstance(model, str) or model != "llama":
+        raise ModelFileError(f"{where}: {Keys.Tokenizer.MODEL} is {shown(model)}; only SentencePiece vocabularies ('llama') are supported")
     tokens, scores, types = (meta.get(k) for k in (Keys.Tokenizer.LIST, Keys.Tokenizer.SCORES, Keys.Tokenizer.TOKEN_TYPE))
     if not isinstance(tokens, StringArray) or not len(tokens):
         raise ModelFileError(f"{where}: {Keys.Tokenizer.LIST} is missing or not a string array")
@@ -158,7 +166,7 @@ def sentencepiece_model(meta: dict, where: str) -> bytes:
     def special(key: str) -> int:
         value = meta.get(key, -1)
         if not isinstance(value, int) or not -1 <= value < n:
-            raise ModelFileError(f"{where}: {key} is {value!r}, not a token id below {n}")
+            raise ModelFileError(f"{where}: {key} is {shown(value)}, not a token id below {n}")
         return value
 
     ids = {name: special(key) for name, key in (("unk", Keys.Tokenizer.UNK_ID), ("bos", Keys.Tokenizer.BOS_ID),
@@ -179,8 +187,8 @@ def sentencepiece_model(meta: dict, where: str) -> bytes:
         if token_id >= 0:
             trainer.append((_TRAINER[f"{name}_piece"], tokens[token_id]))
     normalizer = [(_NORMALIZER["name"], "identity"),
-                  (_NORMALIZER["add_dummy_prefix"], bool(meta.get(Keys.Tokenizer.ADD_PREFIX, True))),  # absent: llama.cpp's default
-                  (_NORMALIZER["remove_extra_whitespaces"], bool(meta.get(Keys.Tokenizer.REMOVE_EXTRA_WS, False))),
+                  (_NORMALIZER["add_dummy_prefix"], flag(meta, Keys.Tokenizer.ADD_PREFIX, True, where)),  # absent: llama.cpp's default
+                  (_NORMALIZER["remove_extra_whitespaces"], flag(meta, Keys.Tokenizer.REMOVE_EXTRA_WS, False, where)),
                   (_NORMALIZER["escape_whitespaces"], True)]
     specs = b"".join(_key(field, _BYTES) + _varint(len(body)) + body
                      for field, body in ((_MODEL_TRAINER_SPEC, _message(trainer)), (_MODEL_NORMALIZER_SPEC, _message(normalizer))))

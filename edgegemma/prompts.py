@@ -3,6 +3,7 @@ EmbeddingGemma's published ones for files that carry none (llama.cpp's converter
 from __future__ import annotations
 
 from . import formats as F
+from .gguf_file import StringArray
 
 # The model card's task prompts, under plain names; the converter adds those a checkpoint does not name.
 CARD_TASK_PROMPTS: dict[str, str] = {
@@ -36,14 +37,27 @@ EMBEDDINGGEMMA_PROMPTS: dict[str, str] = {
 
 
 def file_prompts(meta: dict) -> dict[str, str] | None:
-    """The prompts a file stores (name -> text), or None when it stores none."""
+    """The prompts a file stores (name -> text), or None when it stores none; ValueError when they are malformed."""
     names, texts = meta.get(F.KEY_PROMPT_NAMES), meta.get(F.KEY_PROMPT_TEXTS)
     if names is None and texts is None:
         return None
-    return dict(zip(names or [], texts or []))
+    if not (isinstance(names, StringArray) and isinstance(texts, StringArray) and len(names) == len(texts)):
+        raise ValueError(f"metadata keys {F.KEY_PROMPT_NAMES} and {F.KEY_PROMPT_TEXTS} should be string arrays of one length")
+    return dict(zip(names, texts))
 
 
 def prompts_for(meta: dict) -> dict[str, str]:
     """The file's prompts, else EmbeddingGemma's."""
     stored = file_prompts(meta)
     return dict(EMBEDDINGGEMMA_PROMPTS) if stored is None else stored
+
+
+def resolve_name(prompts: dict[str, str], name: str) -> str:
+    """The key of `prompts` that `name` means, matched case-insensitively ("sts" is "STS") in every face (library,
+    CLI, server); ValueError when it names none (or, differing only in case, several)."""
+    if name in prompts:
+        return name
+    folded = [p for p in prompts if p.casefold() == name.casefold()]
+    if len(folded) != 1:
+        raise ValueError(f"unknown prompt_name {name!r}; this model has: {', '.join(prompts)}")
+    return folded[0]

@@ -8,8 +8,9 @@ Where the checkpoint comes from, in this order (a path on the command line, or `
 The checkpoint is then converted (the converter is imported only now) into
 <home>/models/embeddinggemma-300m-<type>.gguf.
 
-Nothing becomes the default model before it has passed `check_model` in a process of its own: it loads,
-every weight and block scale is finite, and probe texts embed to finite unit vectors. Files are made under
+Nothing becomes the default model before it has passed `check_model` in a process of its own: its bytes match
+the checksum it stores (where it stores one), it loads, every weight and block scale is finite, and probe texts
+embed to finite unit vectors. Files are made under
 a hidden name beside their target and renamed into place only after that check, so a failure anywhere
 (a corrupt file, a full disk, Ctrl-C, a crash) leaves the old default and its file as they were.
 """
@@ -286,11 +287,12 @@ def _probe_main(path: str, label: str) -> int:
 
 
 def probe(path: Path, label: str | None = None) -> str:
-    """Load `path`, check that every weight and block scale is finite and that PROBE_TEXTS embed to finite unit
-    vectors; return the file's storage type. PullError (or the loader's ModelFileError) says what is wrong."""
+    """Load `path`, check that every weight and block scale is finite, that PROBE_TEXTS embed to finite unit
+    vectors and that its bytes match the checksum it stores (if any); return the file's storage type. PullError (or the loader's ModelFileError) says what is wrong."""
     import numpy as np
 
     from .api import load
+    from .integrity import verify
 
     fmt = "{desc} [{elapsed}]"
     with progress.bar(f"{PROG}: checking {label or path.name}", bar_format=fmt):
@@ -303,6 +305,7 @@ def probe(path: Path, label: str | None = None) -> str:
     if np.abs(norms - 1.0).max() > NORM_TOLERANCE:
         raise PullError(f"{path}: the probe texts embed to vectors of norm {norms.min():.4f}..{norms.max():.4f}, not 1: "
                         "the file is corrupt")
+    verify(path)  # last, so that a NaN is named as such: the bytes its converter wrote, where it stored a checksum
     return _file_type_name(model.file.metadata)
 
 

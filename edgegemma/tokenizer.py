@@ -17,8 +17,9 @@ import sentencepiece as spm
 from gguf import Keys, TokenType
 
 from . import formats as F
-from .gguf_file import ModelFileError, StringArray
-from .gguf_vocab import sentencepiece_model
+from .gguf_file import ModelFileError, StringArray, shown
+from .gguf_vocab import flag, sentencepiece_model
+from .text import clean
 
 FROM_MODEL = "sentencepiece model"  # Tokenizer.source: the checkpoint's tokenizer.model, stored in the file
 FROM_ARRAYS = "gguf arrays"  # rebuilt from tokenizer.ggml.tokens / scores / token_type
@@ -88,7 +89,7 @@ class Tokenizer:
         for key in (Keys.Tokenizer.BOS_ID, Keys.Tokenizer.EOS_ID):
             value = meta.get(key)
             if not isinstance(value, int) or not 0 <= value < len(tokens):
-                raise ModelFileError(f"{where}: {key} is {'missing' if value is None else repr(value)}, expected a token id below {len(tokens):,}")
+                raise ModelFileError(f"{where}: {key} is {'missing' if value is None else shown(value)}, expected a token id below {len(tokens):,}")
             special[key] = value
         source = tokenizer_source(meta)
         if source == FROM_MODEL:
@@ -99,18 +100,28 @@ class Tokenizer:
         else:
             proto, what = sentencepiece_model(meta, where), f"the vocabulary in {Keys.Tokenizer.LIST}"
         try:
-            return cls(proto, tokens, types, bos_id=special[Keys.Tokenizer.BOS_ID], eos_id=special[Keys.Tokenizer.EOS_ID],
-                       max_length=max_length, source=source,
-                       # Absent keys: EmbeddingGemma's own tokenizer_config (both true), which the model was trained with.
-                       add_bos=bool(meta.get(Keys.Tokenizer.ADD_BOS, True)), add_eos=bool(meta.get(Keys.Tokenizer.ADD_EOS, True)))
+            tokenizer = cls(proto, tokens, types, bos_id=special[Keys.Tokenizer.BOS_ID], eos_id=special[Keys.Tokenizer.EOS_ID],
+                            max_length=max_length, source=source,
+                            # Absent keys: EmbeddingGemma's own tokenizer_config (both true), which the model was trained with.
+                            add_bos=flag(meta, Keys.Tokenizer.ADD_BOS, True, where),
+                            add_eos=flag(meta, Keys.Tokenizer.ADD_EOS, True, where))
         except RuntimeError as err:  # sentencepiece's complaint about a corrupt model
-            raise ModelFileError(f"{where}: {what} is corrupt ({str(err).strip().splitlines()[-1]})") from None
+            lines = str(err).strip().splitlines() or ["no message"]
+            raise ModelFileError(f"{where}: {what} is corrupt ({lines[-1]})") from None
+        except UnicodeDecodeError:  # ... when the complaint quotes the model's own broken bytes
+            raise ModelFileError(f"{where}: {what} is corrupt (sentencepiece cannot read it)") from None
+        # Every id the SentencePiece model can produce must be a row of the embedding table (one per token).
+        if tokenizer.sp.GetPieceSize() > len(tokens):
+            raise ModelFileError(f"{where}: {what} has {tokenizer.sp.GetPieceSize():,} pieces, more than the "
+                                 f"{len(tokens):,} tokens of {Keys.Tokenizer.LIST}")
+        return tokenizer
 
     def encode(self, text: str) -> list[int]:
         """`<bos>` + the text's tokens + `<eos>`, at most `max_length` ids (cut inside, `<eos>` kept); without
         either when the file says not to add it."""
         if not isinstance(text, str):
             raise TypeError(f"expected a string, got {type(text).__name__}")
+        text = clean(text)  # lone surrogates: U+FFFD (edgegemma.text)
         ids = [self.bos_id] if self.add_bos else []
         for piece, token_id in self._split_added(text):
             if token_id is not None:

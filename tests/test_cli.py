@@ -162,9 +162,6 @@ def test_unreadable_input(capsys, monkeypatch, tmp_path, model_file):
     one_line_error(code, err, "cannot read", "absent.txt", "No such file")
     code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path)
     one_line_error(code, err, "cannot read", "Is a directory")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path / "latin1.txt")
-    one_line_error(code, err, "cannot read", "utf-8")
     (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"title": "no text"}\n')
     code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path / "bad.jsonl")
     one_line_error(code, err, "bad.jsonl:2", '"text"')
@@ -186,6 +183,177 @@ def test_bad_options(capsys, monkeypatch, tmp_path, model_file, model):
     one_line_error(code, err, "truncate_dim must be an integer from 1 to")
     code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "-o", tmp_path / "v.csv", "x")
     one_line_error(code, err, "use .jsonl (JSON lines) or .npy")
+
+
+# --- text in, whatever it is (issue 23) -----------------------------------------------------------
+
+
+def test_invalid_utf8_and_lone_surrogates_become_u_fffd_in_every_input(capsys, monkeypatch, tmp_path, model_file, model,
+                                                                       home):
+    """The documented rule (edgegemma.text, README): invalid UTF-8 bytes and lone surrogates are embedded as U+FFFD."""
+    expected = model.encode(["caf\ufffd \ufffd bar"])[0]
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 \xff bar\n")
+    (tmp_path / "lone.jsonl").write_bytes(b'{"text": "caf\\ud800 \\udfff bar"}\n')
+    for argv in (["--input", tmp_path / "latin1.txt"], ["--input", tmp_path / "lone.jsonl"]):
+        code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, *argv)
+        assert code == 0, err
+        assert records(out)[0]["text"] == "caf\ufffd \ufffd bar"
+        np.testing.assert_allclose(vectors(out)[0], expected, atol=1e-6)
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9 \xff bar\n"), encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file)
+    assert code == 0, err
+    np.testing.assert_allclose(vectors(out)[0], expected, atol=1e-6)
+    # argv: bytes the locale cannot decode reach Python as lone surrogates (surrogateescape).
+    proc = subprocess.run([sys.executable, "-m", "edgegemma", "embed", "-m", str(model_file), b"caf\xe9 \xff bar"],
+                          capture_output=True, env={**os.environ, "EDGEGEMMA_HOME": str(home)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_allclose(vectors(proc.stdout.decode())[0], expected, atol=1e-6)
+    np.testing.assert_allclose(model.encode("caf\udce9 \ud800 bar"), expected, atol=1e-6)  # the library's rule
+
+
+def test_empty_and_blank_inputs_are_refused_as_the_server_refuses_them(capsys, monkeypatch, tmp_path, model_file):
+    for argv, fragment in ((["", "x"], "argument 1 is empty"), (["x", " \t "], "argument 2 is only whitespace")):
+        code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, *argv)
+        one_line_error(code, err, fragment)
+        assert out == ""
+    (tmp_path / "blank.jsonl").write_text('{"text": "fine"}\n{"text": "  "}\n')
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path / "blank.jsonl")
+    one_line_error(code, err, "blank.jsonl:2", "empty or only whitespace")
+    (tmp_path / "empty.txt").write_text("\n \n")
+    code, _, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--input", tmp_path / "empty.txt")
+    one_line_error(code, err, "empty.txt holds no text")
+
+
+@pytest.mark.parametrize("stdin", ["", "\n  \n\t\n"])
+def test_empty_stdin_is_an_error_that_says_so(capsys, monkeypatch, model_file, stdin):
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, stdin=stdin)
+    one_line_error(code, err, "stdin is empty")
+    assert out == ""
+
+
+def test_prompt_names_match_in_any_case_as_in_the_server(capsys, monkeypatch, model_file, model):
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--prompt-name", "sts", *TEXTS)
+    assert code == 0, err
+    np.testing.assert_allclose(vectors(out), model.encode(TEXTS, prompt_name="STS"), atol=1e-6)
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", model_file, "--prompt-name", "Document", "--title", "T", *TEXTS)
+    assert code == 0, err
+    np.testing.assert_allclose(vectors(out), model.encode_document(TEXTS, titles="T"), atol=1e-6)
+
+
+def test_a_closed_stdout_ends_quietly(model_file, home, tmp_path):
+    """`edgegemma info FILE | head`, `edgegemma embed ... | head`: the reader has gone; no BrokenPipeError traceback."""
+    (tmp_path / "many.txt").write_text("\n".join(f"text number {i} about the river" for i in range(400)))
+    env = {**os.environ, "EDGEGEMMA_HOME": str(home)}
+    for argv in (["info", model_file], ["embed", "-m", model_file, "--input", tmp_path / "many.txt"]):
+        proc = subprocess.Popen([sys.executable, "-m", "edgegemma", *map(str, argv)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        proc.stdout.close()  # the reader is gone before the first line (embed writes ~230 KB: more than a pipe holds)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0 and err.decode() == "", (argv[0], err.decode())
+
+
+def test_embed_output_under_a_full_disk_leaves_the_old_file(tmp_path, model_file, home):
+    """A file-size limit (as a full disk): a one-line error, the previous output untouched, no partial file."""
+    import resource
+    import signal
+
+    texts = "\n".join(f"text number {i}" for i in range(1000))  # 256 KB of vectors
+    out = tmp_path / "out.npy"
+    np.save(out, np.zeros(3, np.float32))
+    before = out.read_bytes()
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = subprocess.run([sys.executable, "-m", "edgegemma", "embed", "-m", str(model_file), "--output", str(out)],
+                          input=texts, capture_output=True, text=True, env={**os.environ, "EDGEGEMMA_HOME": str(home)},
+                          preexec_fn=limit, timeout=600)
+    one_line_error(proc.returncode, proc.stderr, f"cannot write {out}", "File too large", "nothing was written")
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out.npy"]
+
+
+def _nan_token_row(src, dest, model, text: str) -> int:
+    """A copy of the Q8_0 file `src` whose embedding-table row for `text`'s first token has a NaN block scale; the token."""
+    import struct
+
+    import gguf
+
+    token = model.tokenizer.encode(text)[1]
+    table = next(t for t in gguf.GGUFReader(src).tensors if t.name == "token_embd.weight")
+    row_bytes = int(table.n_bytes) // model.config.vocab_size
+    data = bytearray(src.read_bytes())
+    at = int(table.data_offset) + token * row_bytes
+    data[at:at + 2] = struct.pack("<e", float("nan"))
+    dest.write_bytes(bytes(data))
+    return token
+
+
+def test_a_corrupt_weight_is_an_error_naming_the_file_never_nan(capsys, monkeypatch, tmp_path, model_file, model):
+    """Issue 23: a damaged weight made `embed` print NaN and exit 0. Now the library and the CLI refuse, naming the file;
+    texts that never touch the damaged row still embed."""
+    from edgegemma.gguf_file import ModelFileError
+
+    bad = tmp_path / "bad.gguf"
+    token = _nan_token_row(model_file, bad, model, "river runs")
+    assert token not in model.tokenizer.encode("a tiny model")
+    damaged = edgegemma.load(bad)
+    with pytest.raises(ModelFileError, match=f"{bad}: the model computed NaN or Inf for 1 of 2 texts"):
+        damaged.encode(["river runs", "a tiny model"])
+    np.testing.assert_allclose(damaged.encode(["a tiny model"]), model.encode(["a tiny model"]), atol=1e-6)
+    code, out, err = cli(capsys, monkeypatch, "embed", "-m", bad, "river runs")
+    one_line_error(code, err, str(bad), "NaN or Inf", "info --verify")
+    assert out == ""
+    code, _, err = cli(capsys, monkeypatch, "info", "--verify", bad)
+    one_line_error(code, err, str(bad), "checksum mismatch")
+
+
+def test_info_verify(capsys, monkeypatch, tmp_path, model_file):
+    code, out, err = cli(capsys, monkeypatch, "info", "--verify", model_file)
+    assert code == 0, err
+    assert "verified: the file's bytes are those written" in out
+    code, out, _ = cli(capsys, monkeypatch, "info", "--json", "--verify", model_file)
+    d = json.loads(out)
+    assert d["checksum"].startswith("sha256:") and d["checksum_verified"] is True
+    # One byte of one weight changed (a finite value: no load-time check can see it): only the checksum can.
+    data = bytearray(model_file.read_bytes())
+    data[-5] ^= 0x01
+    (tmp_path / "flipped.gguf").write_bytes(bytes(data))
+    code, _, err = cli(capsys, monkeypatch, "info", "--verify", tmp_path / "flipped.gguf")
+    one_line_error(code, err, "flipped.gguf", "checksum mismatch", "the file is corrupt")
+    # A file without a checksum (llama.cpp's, older edgegemma's: here the key renamed) is read all the same.
+    key = b"edgegemma.checksum"
+    (tmp_path / "none.gguf").write_bytes(model_file.read_bytes().replace(key, b"edgegemma.checksuX", 1))
+    code, out, err = cli(capsys, monkeypatch, "info", "--verify", tmp_path / "none.gguf")
+    assert code == 0, err
+    assert "none stored" in out
+    edgegemma.load(tmp_path / "none.gguf").encode("still loads")
+
+
+def test_the_issues_flipped_file_never_gives_nan(tmp_path, real_gguf, home):
+    """Issue 23's case on the real default file: 1,000 bytes flipped across the tensor data. `embed` either fails
+    with one line naming the file or prints finite vectors; `info --verify` always finds it."""
+    from edgegemma.gguf_file import GGUFFile
+
+    good = real_gguf("e4_q8")
+    data = bytearray(good.read_bytes())
+    start = GGUFFile(good).data_start
+    rng = np.random.default_rng(0)
+    for at in rng.choice(len(data) - start, 1000, replace=False):
+        data[start + at] ^= int(rng.integers(1, 256))
+    bad = tmp_path / "flipped.gguf"
+    bad.write_bytes(bytes(data))
+    del data
+    proc = edgegemma_cmd("embed", "-m", bad, "Which planet is known as the Red Planet?", env_home=home)
+    if proc.returncode == 0:
+        assert np.isfinite(vectors(proc.stdout)).all()
+    else:
+        one_line_error(proc.returncode, proc.stderr, str(bad))
+        assert proc.stdout == "" and "nan" not in proc.stdout.lower()
+    proc = edgegemma_cmd("info", "--verify", bad, env_home=home)
+    one_line_error(proc.returncode, proc.stderr, str(bad), "checksum mismatch")
 
 
 # --- info -----------------------------------------------------------------------------------------

@@ -415,6 +415,10 @@ def _zero_scales(data, offset, size):  # every Q8_0 scale 0: the tensor multipli
         data[offset + block:offset + block + 2] = b"\0\0"
 
 
+def _flip_a_weight(data, offset, size):  # one int8 of the first Q8_0 block: finite, only the checksum sees it
+    data[offset + 2] ^= 0x01
+
+
 def _flip_1000_bytes(seed):
     def flip(data, offset, size):
         rng = np.random.default_rng(seed)
@@ -430,8 +434,9 @@ def _state(home: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("tensor, damage, message", [
     ("blk.2.ffn_down.weight", _nan_scale, "tensor blk.2.ffn_down.weight (q8_0) has 1 block scales that are NaN or Inf"),
-    ("output_norm.weight", _inf_weight, "tensor output_norm.weight (f32) has 1 values that are NaN or Inf"),
+    ("output_norm.weight", _inf_weight, "tensor output_norm.weight holds NaN or Inf values"),  # found at load
     ("dense_3.weight", _zero_scales, "the probe texts embed to vectors"),
+    ("blk.1.attn_q.weight", _flip_a_weight, "checksum mismatch: the file's bytes are not those its converter wrote"),
 ])
 def test_a_corrupt_file_is_refused_and_the_default_stays(capsys, home, tmp_path, tiny_gguf, tensor, damage, message):
     good = tiny_gguf("q8_0", "search")
