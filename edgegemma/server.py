@@ -30,10 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from . import cache
+from .gguf_file import ModelFileError
+from .prompts import resolve_name
+from .text import decode, is_blank
 
 PROG = "edgegemma serve"
 MiB = 1 << 20
-SHUTDOWN_GRACE = 30.0  # seconds a Ctrl-C waits for requests in flight
+SHUTDOWN_GRACE = 30.0  # seconds a Ctrl-C/SIGTERM waits for requests in flight; later, they get a 503
+RETRY_AFTER = 5  # seconds, in a 503's Retry-After
+DRAIN_WRITE = 5.0  # seconds a stopping server gives its last answers (the 503s) to go out
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,25 @@ class ApiError(Exception):
 # --- the batching worker ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the batcher keeps a set of the unanswered ones
 class _Job:
     texts: list[str]  # prompt already prepended
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def finish(self, result: np.ndarray | None = None, error: BaseException | None = None) -> None:
+        """The first answer wins: the worker's vectors, or the 503 of a shutdown that ran out of grace."""
+        with self._lock:
+            if not self.done.is_set():
+                self.result, self.error = result, error
+                self.done.set()
+
+
+def _shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down; retry with another instance or later", kind="server_error",
+                    code="shutting_down")
 
 
 class Batcher:
@@ -81,31 +99,45 @@ class Batcher:
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="edgegemma-batcher", daemon=True)
         self.stopping = False
+        self.cancelled = False  # the shutdown's grace ran out: unfinished jobs get a 503
         self.batches = self.inputs = 0
+        self._open: set[_Job] = set()  # submitted, not answered
+        self._open_lock = threading.Lock()
 
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
-        """Finish every job already queued, then end the thread; later submissions get a 503."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Finish every job already queued, then end the thread; later submissions get a 503. Whatever is still
+        unanswered after `timeout` seconds (or slipped in behind the end marker) gets a 503; False when the thread
+        is then still computing."""
         self.stopping = True
         self.queue.put(None)
-        self.thread.join()
-        while True:  # a job that slipped in behind the end marker gets its 503 rather than waiting forever
-            try:
-                job = self.queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                job.error = ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
-                job.done.set()
+        self.thread.join(timeout)
+        self.cancel()
+        return not self.thread.is_alive()
+
+    def cancel(self) -> int:
+        """Answer every unfinished job with a 503 now (the worker's later results are dropped); how many."""
+        self.stopping = self.cancelled = True
+        with self._open_lock:
+            left = list(self._open)
+        for job in left:
+            job.finish(error=_shutting_down())
+        return len(left)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if self.stopping:
-            raise ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+            raise _shutting_down()
         job = _Job(texts)
-        self.queue.put(job)
-        job.done.wait()
+        with self._open_lock:
+            self._open.add(job)
+        try:
+            self.queue.put(job)
+            job.done.wait()
+        finally:
+            with self._open_lock:
+                self._open.discard(job)
         if job.error is not None:
             raise job.error
         return job.result
@@ -136,23 +168,37 @@ class Batcher:
             if first is None:
                 return
             jobs, last = self._gather(first)
+            jobs = [job for job in jobs if not job.done.is_set()]  # cancelled while queued
             texts = [t for job in jobs for t in job.texts]
+            if not texts:
+                if last:
+                    return
+                continue
             try:
-                vectors = self.model.encode(texts, prompt="", batch_size=self.limits.batch_size)
+                vectors = self._encode(texts)
             except BaseException as err:  # never let one bad batch kill the worker
                 for job in jobs:
-                    job.error = err
+                    job.finish(error=err)
             else:
                 start = 0
                 for job in jobs:
-                    job.result = vectors[start:start + len(job.texts)]
+                    job.finish(result=vectors[start:start + len(job.texts)])
                     start += len(job.texts)
             self.batches += 1
             self.inputs += len(texts)
-            for job in jobs:
-                job.done.set()
             if last:
                 return
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """One batch's vectors, `batch_size` texts per encode call, so that a cancelled shutdown stops it between
+        calls (the forward pass packs sequences without padding: splitting costs nothing)."""
+        step = self.limits.batch_size
+        parts = []
+        for start in range(0, len(texts), step):
+            if self.cancelled:
+                raise _shutting_down()
+            parts.append(self.model.encode(texts[start:start + step], prompt="", batch_size=step))
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
 
 # --- requests -----------------------------------------------------------------------------------
@@ -195,6 +241,10 @@ class App:
                 self._active -= 1
                 self._idle.notify_all()
 
+    @property
+    def active(self) -> int:
+        return self._active
+
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._active == 0, timeout)
@@ -219,8 +269,8 @@ class App:
                 raise ApiError(400, "'input' holds token ids; this server takes text only (send strings)", param="input")
             if not isinstance(text, str):
                 raise ApiError(400, f"'input[{i}]' must be a string, got {_json_type(text)}", param="input")
-            if not text:
-                raise ApiError(400, f"'input[{i}]' is an empty string", param="input")
+            if is_blank(text):  # as the CLI: an empty or whitespace-only input is a mistake, not a text
+                raise ApiError(400, f"'input[{i}]' is empty or only whitespace", param="input")
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise ApiError(400, f"'model' must be a string, got {_json_type(model)}", param="model")
@@ -242,18 +292,15 @@ class App:
         if title is not None:
             if not isinstance(title, str):
                 raise ApiError(400, f"'title' must be a string, got {_json_type(title)}", param="title")
-            if name not in (None, "document"):
+            if name is not None and name.casefold() != "document":
                 raise ApiError(400, f"'title' goes with prompt_name 'document', not {name!r}", param="title")
             return DOCUMENT_TEMPLATE.format(title=title or "none")
         if name is None:
             return ""
-        prompts = self.model.prompts
-        if name not in prompts:  # be forgiving about case: "sts" finds "STS"
-            folded = [p for p in prompts if p.lower() == name.lower()]
-            if len(folded) != 1:
-                raise ApiError(400, f"unknown prompt_name {name!r}; this model has: {', '.join(prompts)}", param="prompt_name")
-            name = folded[0]
-        return prompts[name]
+        try:  # case-insensitive, as everywhere: "sts" finds "STS"
+            return self.model.prompts[resolve_name(self.model.prompts, name)]
+        except ValueError as err:
+            raise ApiError(400, str(err), param="prompt_name") from None
 
     def embeddings(self, body) -> dict:
         req = self.parse(body)
@@ -321,7 +368,10 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         app = self.server.app
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/health":
+        if app.stopping:  # /health too: a load balancer takes the instance out
+            self.close_connection = True
+            self._send(503, {**_shutting_down().body(), "status": "stopping"})
+        elif path == "/health":
             self._send(200, app.health())
         elif path in ("/v1/models", "/models"):
             self._send(200, {"object": "list", "data": [app.model_card()]})
@@ -341,13 +391,17 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 if app.stopping:
                     self.close_connection = True
-                    raise ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+                    raise _shutting_down()
                 body = self._read_json()  # read first, whatever the route, so the connection stays in step
                 if path not in ("/v1/embeddings", "/embeddings"):
                     raise ApiError(404, f"no route POST {path or '/'}; try POST /v1/embeddings", code="not_found")
                 self._send(200, app.embeddings(body))
             except ApiError as err:
+                if err.status == 503:
+                    self.close_connection = True
                 self._error(err)
+            except ModelFileError as err:  # NaN or Inf from the model: a corrupt file, never a vector
+                self._error(ApiError(500, str(err), kind="server_error", code="model_error"))
             except Exception as err:  # a bug: say so, keep serving
                 self.log_error("internal error on %s: %r", path, err)
                 self._error(ApiError(500, f"internal error: {type(err).__name__}: {err}", kind="server_error"))
@@ -378,9 +432,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"request body ended after {len(raw):,} of {length:,} bytes")
         if not raw.strip():
             raise ApiError(400, "empty request body; send a JSON object such as {\"input\": \"text\"}")
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        try:  # UTF-8, as JSON must be; invalid bytes become U+FFFD like everywhere else (edgegemma.text)
+            return json.loads(decode(raw.removeprefix(b"\xef\xbb\xbf")))
+        except json.JSONDecodeError as err:
             raise ApiError(400, f"request body is not valid JSON: {err}") from None
 
     def _drain(self, length: int) -> None:
@@ -400,6 +454,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if status == 503:
+            self.send_header("Retry-After", str(RETRY_AFTER))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -430,7 +486,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def serve(model_path: Path, host: str = "127.0.0.1", port: int = 8080, limits: Limits = Limits(),
-          model_id: str | None = None, verbose: bool = False) -> int:
+          model_id: str | None = None, verbose: bool = False, grace: float = SHUTDOWN_GRACE) -> int:
     from .api import load
 
     model = load(model_path)
@@ -458,17 +514,40 @@ def serve(model_path: Path, host: str = "127.0.0.1", port: int = 8080, limits: L
           f"- POST /v1/embeddings; Ctrl-C stops", file=sys.stderr, flush=True)
     while not stop.wait(0.5):
         pass
-    print(f"{PROG}: stopping", file=sys.stderr, flush=True)
-    app.stopping = True  # requests from now on get a 503
-    server.shutdown()  # no new connections
-    if not app.wait_idle(SHUTDOWN_GRACE):  # requests in flight get their answers
-        print(f"{PROG}: gave up waiting for requests still in flight after {SHUTDOWN_GRACE:.0f} s", file=sys.stderr)
-    app.batcher.stop()
-    server.server_close()
+    drain(server, app, grace)
     h = app.health()
     print(f"{PROG}: stopped after {h['requests']} requests, {h['inputs']} inputs in {h['batches']} batches",
           file=sys.stderr, flush=True)
+    if app.batcher.thread.is_alive():  # still inside a cancelled forward pass: leave without waiting for it
+        os._exit(0)
     return 0
+
+
+def drain(server: Server, app: App, grace: float) -> None:
+    """Stop without dropping a connection: requests already accepted finish within `grace` seconds; everything
+    else (new requests, those still running after the grace) gets a 503 with Retry-After, never a reset or a cut
+    body. The listening socket stays open meanwhile, so that late clients get their 503 rather than a reset."""
+    active = app.active
+    print(f"{PROG}: stopping: {active} request{'s' * (active != 1)} in flight get up to {grace:g} s to finish; "
+          f"new requests get 503", file=sys.stderr, flush=True)
+    app.stopping = True  # requests from now on get a 503
+    if not app.wait_idle(grace):
+        cancelled = app.batcher.cancel()
+        print(f"{PROG}: grace period over: {cancelled} unfinished request{'s' * (cancelled != 1)} get 503",
+              file=sys.stderr, flush=True)
+        app.wait_idle(DRAIN_WRITE)  # their 503s go out
+    server.shutdown()  # the accept loop ends ...
+    server.socket.setblocking(False)
+    while True:  # ... and connections already in the listen backlog are answered (503) instead of reset
+        try:
+            request, address = server.get_request()
+        except OSError:
+            break
+        request.setblocking(True)
+        server.process_request(request, address)
+    app.wait_idle(DRAIN_WRITE)
+    app.batcher.stop(timeout=DRAIN_WRITE)
+    server.server_close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -477,7 +556,7 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=args.max_body_mb * MiB, max_inputs=args.max_inputs, max_tokens=args.max_tokens,
                     batch_inputs=args.batch_inputs, batch_wait=args.batch_wait_ms / 1000)
     try:
-        return serve(cache.resolve_model(args.model), args.host, args.port, limits, args.model_name, args.verbose)
+        return serve(cache.resolve_model(args.model), args.host, args.port, limits, args.model_name, args.verbose, args.grace)
     except (cache.NoModelError, ModelFileError, ServeError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
     except OSError as err:
@@ -493,7 +572,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="OpenAI-compatible embeddings server",
         description="Serve POST /v1/embeddings (OpenAI's schema, plus prompt_name and title), GET /v1/models and GET /health. "
-                    "Requests arriving together are embedded in one batch. Ctrl-C or SIGTERM stops it.",
+                    "Requests arriving together are embedded in one batch. Ctrl-C or SIGTERM stops it: requests in flight "
+                    "finish within --grace seconds, new ones get 503.",
     )
     p.add_argument("-m", "--model", metavar="FILE", help="GGUF model file (default: the one `edgegemma pull` set)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -505,5 +585,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "above it, inputs are cut to the context as sentence-transformers does)")
     p.add_argument("--batch-inputs", type=int, default=d.batch_inputs, metavar="N", help="inputs gathered into one batch (default %(default)s)")
     p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait * 1000, metavar="MS", help="how long a batch waits for more requests (default %(default)s)")
+    p.add_argument("--grace", type=float, default=SHUTDOWN_GRACE, metavar="S",
+                   help="on Ctrl-C/SIGTERM, seconds the requests in flight get to finish; new ones, and those still running "
+                        "after it, get 503 with Retry-After (default %(default)g)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request on stderr")
     p.set_defaults(handler=run)

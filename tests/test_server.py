@@ -187,6 +187,7 @@ def test_prompt_name_and_title(client, model):
 
     assert np.all(cosines(create(prompt_name="query"), model.encode_query(TEXTS)) >= 0.99999)
     assert np.all(cosines(create(prompt_name="sts"), model.encode(TEXTS, prompt_name="STS")) >= 0.99999)  # any case
+    assert np.all(cosines(create(prompt_name="Document", title="Music"), model.encode_document(TEXTS, titles="Music")) >= 0.99999)
     assert np.all(cosines(create(prompt_name="document"), model.encode_document(TEXTS)) >= 0.99999)
     assert np.all(cosines(create(title="Music"), model.encode_document(TEXTS, titles="Music")) >= 0.99999)
 
@@ -196,8 +197,9 @@ def test_prompt_name_and_title(client, model):
 
 @pytest.mark.parametrize("kwargs, param, fragment", [
     ({"input": []}, "input", "empty list"),
-    ({"input": ""}, "input", "empty string"),
+    ({"input": ""}, "input", "empty or only whitespace"),  # as the CLI refuses an empty argument
     ({"input": ["ok", ""]}, "input", "input[1]"),
+    ({"input": ["ok", " \n\t"]}, "input", "'input[1]' is empty or only whitespace"),
     ({"input": ["x"] * (MAX_INPUTS + 1)}, "input", f"at most {MAX_INPUTS}"),
     ({"input": "word " * 400}, "input", f"the limit is {MAX_TOKENS}"),
     ({"input": "x", "dimensions": 0}, "dimensions", "from 1 to"),
@@ -236,6 +238,17 @@ def test_malformed_bodies(server, body, status, fragment):
     assert code == status
     assert set(reply["error"]) == {"message", "type", "param", "code"}
     assert fragment in reply["error"]["message"]
+
+
+def test_invalid_utf8_and_lone_surrogates_are_embedded_with_u_fffd(server, model):
+    """One rule in every face (edgegemma.text): invalid UTF-8 bytes and lone surrogates become U+FFFD."""
+    body = b'{"input": ["caf\xe9 \xff bar", "lone \\ud800 surrogate", "pair \\ud83d\\ude00 ok"]}'
+    code, reply = server.post(body)
+    assert code == 200, reply
+    got = np.array([d["embedding"] for d in reply["data"]], np.float32)
+    expected = model.encode(["caf\ufffd \ufffd bar", "lone \ufffd surrogate", "pair \U0001f600 ok"])
+    assert np.all(cosines(got, expected) >= 0.99999)
+    assert np.all(cosines(model.encode(["lone \ud800 surrogate"]), expected[1:2]) >= 0.99999)  # the library's rule too
 
 
 def test_oversize_body_gets_413_not_a_dropped_connection(server):
@@ -329,6 +342,64 @@ def test_ctrl_c_stops_it_cleanly_even_with_a_request_in_flight(model_file, tmp_p
     assert code == 0, log
     assert "stopping" in log and "stopped after 1 requests" in log and "Traceback" not in log
     assert results and results[0][0] == 200  # the request in flight got its answer before the exit
+
+
+def test_a_corrupt_weight_is_a_500_naming_the_file_never_nan(model_file, model, tmp_path):
+    """Issue 23: with a damaged weight the server answered 200 with NaN. Now: a 500 naming the file for the texts
+    that reach the damaged row, and 200 for the rest."""
+    from test_cli import _nan_token_row
+
+    bad = tmp_path / "bad.gguf"
+    _nan_token_row(model_file, bad, model, "river runs")
+    srv = ServerProcess(bad, tmp_path / "stderr.txt")
+    try:
+        code, reply = srv.post({"input": ["a tiny model", "river runs"]})
+        assert code == 500 and reply["error"]["code"] == "model_error", reply
+        assert str(bad) in reply["error"]["message"] and "NaN or Inf" in reply["error"]["message"]
+        code, reply = srv.post({"input": ["a tiny model"]})
+        assert code == 200 and np.all(cosines(np.array([reply["data"][0]["embedding"]]), model.encode(["a tiny model"])) >= 0.99999)
+    finally:
+        assert srv.stop()[0] == 0
+
+
+def test_sigterm_with_10_long_requests_in_flight_drains_without_a_reset(model_file, tmp_path):
+    """Issue 23: every request accepted before SIGTERM gets a whole 200 or a 503, never a reset or a cut body; a request
+    after SIGTERM gets a 503 with Retry-After; the server exits 0. The grace is short, so that some requests outlast it."""
+    srv = ServerProcess(model_file, tmp_path / "stderr.txt", "--grace", "2", "--max-inputs", "256")
+    texts = [f"the river of the city and the mountain music {i} " * 12 for i in range(256)]  # ~150 tokens each
+    results: list = [None] * 10
+
+    def send(i: int) -> None:
+        try:
+            results[i] = srv.post({"input": texts})
+        except Exception as err:  # noqa: BLE001  (a reset or a cut body: what the test is about)
+            results[i] = ("failed", repr(err))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    while srv.get("/health")[1]["requests"] < 10:  # all ten have reached the server
+        time.sleep(0.05)
+    srv.proc.send_signal(signal.SIGTERM)
+    while "stopping:" not in srv.log.read_text():
+        time.sleep(0.05)
+    conn = srv.connection()
+    conn.request("POST", "/v1/embeddings", body=b'{"input": "late"}', headers={"Content-Type": "application/json"})
+    late = conn.getresponse()
+    late_body = json.loads(late.read())
+    for t in threads:
+        t.join(120)
+    code = srv.proc.wait(60)
+    log = srv.log.read_text()
+    assert late.status == 503 and late.getheader("Retry-After") and late_body["error"]["code"] == "shutting_down"
+    for status, reply in results:
+        assert status in (200, 503), reply
+        if status == 200:
+            assert len(reply["data"]) == len(texts) and all(len(d["embedding"]) == 64 for d in reply["data"])
+        else:
+            assert reply["error"]["code"] == "shutting_down"
+    assert code == 0 and "Traceback" not in log, log
+    print(f"\nSIGTERM drain: {sum(r[0] == 200 for r in results)} of 10 got 200, {sum(r[0] == 503 for r in results)} got 503")
 
 
 def test_a_missing_model_or_busy_port_is_one_line(tmp_path, model_file):
