@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from . import workloads as W
-from .systems import THREADS, TYPES, System, all_systems, available, child_env, llama_repack_pattern
+from .systems import LLAMA_QUANTIZED, THREADS, TYPES, System, all_systems, available, child_env, llama_repack_pattern
 
 REPO = W.REPO
 
@@ -47,22 +47,60 @@ def _home() -> Path:
 
 
 def model_files(types, folder: Path | None, hf: Path | None) -> dict[str, Path | str]:
-    """type -> GGUF path, or the reason it is missing. Missing files are converted from the checkpoint."""
+    """type -> GGUF path, or the reason it is missing. Missing files are converted from the checkpoint; the
+    LLAMA_QUANTIZED ones are made by llama.cpp's quantizer from the f16 file."""
     folder = folder or _home() / "bench-gguf"
     out: dict[str, Path | str] = {}
     for t in types:
         path = folder / f"{t}.gguf"
         if not path.is_file():
-            if hf is None:
+            if t in LLAMA_QUANTIZED:
+                source = model_files(["f16"], folder, hf)["f16"]
+                if not isinstance(source, Path):
+                    out[t] = source
+                    continue
+                why = quantize_with_llama_cpp(source, path, t)
+                if why:
+                    out[t] = why
+                    continue
+            elif hf is None:
                 out[t] = f"no {path} and no checkpoint to convert (set EDGEGEMMA_HF_MODEL)"
                 continue
-            from edgegemma.converter import convert
+            else:
+                from edgegemma.converter import convert
 
-            folder.mkdir(parents=True, exist_ok=True)
-            print(f"converting {hf} -> {path} ({t}) ...", file=sys.stderr, flush=True)
-            convert(hf, path, t, report=lambda line: None)
+                folder.mkdir(parents=True, exist_ok=True)
+                print(f"converting {hf} -> {path} ({t}) ...", file=sys.stderr, flush=True)
+                convert(hf, path, t, report=lambda line: None)
         out[t] = path
     return out
+
+
+# In a child process, so that a native crash is a skipped row with its message. argv: source, dest, ftype name.
+_QUANTIZE = """
+import ctypes, sys
+import llama_cpp
+source, dest, name = sys.argv[1:4]
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + name)
+params.nthread = 2
+sys.exit(llama_cpp.llama_model_quantize(source.encode(), dest.encode(), ctypes.byref(params)))
+"""
+
+
+def quantize_with_llama_cpp(source: Path, dest: Path, ftype: str) -> str | None:
+    """llama.cpp's quantizer (llama-cpp-python's llama_model_quantize) on `source` into `dest`: None, or why not."""
+    if available("llama.cpp"):
+        return f"llama.cpp's quantizer makes the {ftype} file: {available('llama.cpp')}"
+    print(f"quantizing {source} -> {dest} ({ftype}, llama.cpp) ...", file=sys.stderr, flush=True)
+    partial = dest.with_suffix(".partial")
+    run = subprocess.run([sys.executable, "-c", _QUANTIZE, str(source), str(partial), ftype.upper()],
+                         capture_output=True, text=True)
+    if run.returncode:
+        partial.unlink(missing_ok=True)
+        return f"llama.cpp's quantizer failed on {source.name} ({ftype}, exit {run.returncode}): {(run.stderr or '').strip()[-200:]}"
+    os.replace(partial, dest)
+    return None
 
 
 def token_counts(gguf: Path, texts: dict[str, list[str]], query: str) -> dict[str, int | list[int]]:
@@ -282,8 +320,9 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", nargs="+", metavar="PATTERN", help="ids, prefixes (edgegemma:q4_0, st) or globs")
     p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES, help="GGUF types (default: all)")
-    p.add_argument("--models", type=Path, help="folder with {f32,q8_0,q4_0,mixed}.gguf (default: converted into "
-                                               "$EDGEGEMMA_HOME/bench-gguf from EDGEGEMMA_HF_MODEL)")
+    p.add_argument("--models", type=Path, help="folder with {f32,q8_0,q4_0,mixed,q4_k_m,q5_k_m,q6_k}.gguf (default: "
+                                               "converted into $EDGEGEMMA_HOME/bench-gguf from EDGEGEMMA_HF_MODEL; the "
+                                               "last three by llama.cpp's quantizer from f16.gguf)")
     p.add_argument("--quick", action="store_true", help="smoke run: 12 reference texts, 8 synthetic, 5 latency calls, 1 round")
     p.add_argument("--repeats", type=int, help="rounds; each figure is the best of them (default 3, --quick 1)")
     p.add_argument("--limit", type=int, help="reference texts to use, spread over the set (default all 205)")
