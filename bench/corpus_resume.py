@@ -6,7 +6,8 @@
 2. Runs `edgegemma embed --input texts.parquet --id-column id --output resumed.parquet`, kills it with SIGKILL
    KILLS times at random points (each after a random number of rows are done, a random time into the next
    part), and reruns the same command until it finishes.
-3. Unless --no-reference: the same command once, uninterrupted, into reference.parquet.
+3. Unless --no-reference (or --reference FILE, an earlier uninterrupted run's output): the same command once,
+   uninterrupted, into reference.parquet.
 4. Checks that resumed.parquet has every id exactly once and that each vector is within cosine 0.999999 of the
    reference's; prints each run's peak RSS (the process's own, from wait4) and texts/s.
 """
@@ -93,6 +94,7 @@ def main() -> int:
     parser.add_argument("-m", "--model", help="GGUF file (default: the default model)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-reference", action="store_true", help="skip the uninterrupted run")
+    parser.add_argument("--reference", type=Path, help="compare with this uninterrupted run's output instead of making one")
     args = parser.parse_args()
     folder, rng = args.folder, random.Random(args.seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,12 +116,13 @@ def main() -> int:
     report["ids_exactly_once"] = bool(len(ids) == args.rows and np.array_equal(np.sort(ids), np.arange(args.rows)))
     report["metadata"] = meta
 
-    if not args.no_reference:
-        code, rss, seconds, _ = run(command(folder, "reference.parquet", args.model, args.part_size), None, folder,
-                                    "reference.parquet", args.part_size, rng)
-        report["reference"] = {"exit": code, "peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1),
-                               "texts_per_s": round(args.rows / seconds, 1)}
-        ref_ids, ref_vectors, _ = read(folder / "reference.parquet")
+    if args.reference or not args.no_reference:
+        if not args.reference:
+            code, rss, seconds, _ = run(command(folder, "reference.parquet", args.model, args.part_size), None, folder,
+                                        "reference.parquet", args.part_size, rng)
+            report["reference"] = {"exit": code, "peak_rss_mib": round(rss, 1), "seconds": round(seconds, 1),
+                                   "texts_per_s": round(args.rows / seconds, 1)}
+        ref_ids, ref_vectors, _ = read(args.reference or folder / "reference.parquet")
         order, ref_order = np.argsort(ids), np.argsort(ref_ids)
         a, b = vectors[order].astype(np.float64), ref_vectors[ref_order].astype(np.float64)
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
