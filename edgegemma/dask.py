@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .corpus.encoding import EncodeOptions
+from .corpus.pipeline import _release_compiler_pages
 from .corpus.readers import CorpusError
 
 _models: dict[str, object] = {}
@@ -38,7 +39,10 @@ def worker_model(path: str | os.PathLike):
         from .api import load
 
         with _lock:
-            model = _models.get(key) or _models.setdefault(key, load(key))
+            model = _models.get(key)
+            if model is None:
+                model = _models[key] = load(key)
+                _release_compiler_pages()  # as a local run does: the worker keeps the model, not the compiler
     return model
 
 
