@@ -217,6 +217,41 @@ def test_mutated_files_load_or_are_refused_with_model_file_error(tiny_gguf, tmp_
         f"  seed {f['seed']} ({f['mutation']}): {f['error']}" for f in failures[:10])
 
 
+def _patched(data: bytes, at: int, value: int, size: int) -> bytes:
+    return data[:at] + value.to_bytes(size, "little") + data[at + size:]
+
+
+def test_header_damage_is_named_where_it_is(tiny_gguf, tmp_path):
+    """Issue 23: a full-size file flipped in its header was reported as "truncated (inside a string array)". Each
+    message names the field and the byte, and says "corrupt" (or "truncated or corrupt" when a length runs past
+    the end, which a cut file and a damaged length both do)."""
+    import edgegemma
+    from edgegemma.gguf_file import ModelFileError
+
+    src = tiny_gguf("e4_q8")
+    data = src.read_bytes()
+    key = b"general.architecture"
+    key_at = data.index(struct.pack("<Q", len(key)) + key)
+    name = b"blk.0.attn_q.weight"
+    name_at = data.index(struct.pack("<Q", len(name)) + name)
+    dim_at = name_at + 8 + len(name) + 4  # after the name and the number of dimensions
+    cases = [
+        (_patched(data, 8, 2**63, 8), "corrupt", "the tensor count at byte 8 is 9,223,372,036,854,775,808, more than"),
+        (_patched(data, key_at, 2**64 - 1, 8), "metadata entry 0 of", "a key at byte 32 needs 18,446,744,073,709,551,615 bytes"),
+        (_patched(data, key_at + 8 + len(key), 99, 4), "metadata key general.architecture: unknown value type 99"),
+        (_patched(data, dim_at, 2**62, 8), "tensor blk.0.attn_q.weight: file is truncated or corrupt: shape"),
+        (_patched(data, name_at + 8 + len(name), 7, 4), "tensor blk.0.attn_q.weight: 7 dimensions (1 to 4)"),
+    ]
+    for i, (mutated, *fragments) in enumerate(cases):
+        path = tmp_path / f"case{i}.gguf"
+        path.write_bytes(mutated)
+        with pytest.raises(ModelFileError) as caught:
+            edgegemma.load(path)
+        message = str(caught.value)
+        assert message.startswith(f"{path}: ") and all(f in message for f in fragments), message
+        assert len(mutated) == len(data)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import tempfile
