@@ -62,7 +62,8 @@ class SentenceEncoder:
     def encode(self, sentences: str | Sequence[str], prompt_name: str | None = None, prompt: str | None = None,
                batch_size: int = 32, truncate_dim: int | None = None, normalize_embeddings: bool = True,
                show_progress_bar: bool | None = None) -> np.ndarray:
-        """float32 (n, d) embeddings, in input order; a single string gives (d,)."""
+        """float32 (n, d) embeddings, in input order; a single string gives (d,). Lone surrogates in a text are read as
+        U+FFFD (edgegemma.text); a vector with NaN or Inf (a damaged file) raises ModelFileError, never returns."""
         single = isinstance(sentences, str)
         texts = [sentences] if single else list(sentences)
         prompt = self._prompt(prompt_name, prompt)
@@ -110,6 +111,13 @@ class SentenceEncoder:
         self.model.forward(self.tokenize([text], prompt_name, prompt), trace=record)
         return seen
 
+    def prompt_name(self, name: str) -> str:
+        """The model's name for prompt `name`, matched case-insensitively ("sts" is "STS") as the CLI and the server
+        match it; ValueError when it names none."""
+        if not isinstance(name, str):
+            raise TypeError(f"prompt_name must be a string, got {type(name).__name__}")
+        return resolve_name(self.prompts, name)
+
     # --- internals ------------------------------------------------------------------------------
 
     def _prompt(self, prompt_name: str | None, prompt: str | None) -> str:
@@ -120,13 +128,6 @@ class SentenceEncoder:
         if prompt_name is None:
             return ""
         return self.prompts[self.prompt_name(prompt_name)]
-
-    def prompt_name(self, name: str) -> str:
-        """The model's name for prompt `name`, matched case-insensitively ("sts" is "STS") as the CLI and the server
-        match it; ValueError when it names none."""
-        if not isinstance(name, str):
-            raise TypeError(f"prompt_name must be a string, got {type(name).__name__}")
-        return resolve_name(self.prompts, name)
 
     def _encode(self, prompts: list[str], texts: list, batch_size: int, truncate_dim: int | None,
                 normalize: bool, progress: bool | None) -> np.ndarray:
