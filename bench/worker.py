@@ -57,7 +57,8 @@ def main(spec_path: str, result_path: str) -> None:
     result = {"system": system.id, "mode": spec["mode"], "cold_start_s": t_first - t_spawn,
               "load_s": t_loaded - t_spawn, "rss_after_first_mib": rss, "peak_rss_after_first_mib": peak,
               "dim": int(first.shape[-1])}
-
+    if spec["mode"] != "coldstart":
+        encoder.settle()
     if spec["mode"] == "prime":
         work = json.load(open(spec["workloads"], encoding="utf-8"))
         encoder.documents(work["warmup"] + work["reference"])

@@ -12,6 +12,7 @@ from . import formats as F
 from .config import Config
 from .gguf_file import GGUFFile, ModelFileError, shown
 from .integrity import check_finite, check_norms, check_tensor_types
+import edgegemma.kernels as kernels
 from .model import EmbeddingGemma, Trace
 from .prompts import prompts_for, resolve_name
 from .tokenizer import Tokenizer
@@ -53,6 +54,11 @@ class SentenceEncoder:
     @property
     def dimension(self) -> int:
         return self.config.hidden_size
+
+    def warm_up(self) -> None:
+        """Bind the compiled kernels now (loaded from Numba's disk cache; those not there start compiling in the
+        background) instead of once the numpy kernels have cost as much: for a long-running service."""
+        kernels.prepare((), now=True)
 
     def __repr__(self) -> str:
         return f"SentenceEncoder({str(self.path)!r}, recipe={self.recipe!r}, dim={self.dimension})"

@@ -495,7 +495,8 @@ def serve(model_path: Path, host: str = "127.0.0.1", port: int = 8080, limits: L
         server = Server((host, port), app, verbose)
     except OSError as err:
         raise ServeError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-    model.encode("warm up")  # compile the kernels now, not on the first request
+    model.warm_up()  # the compiled kernels now, not during the first requests
+    model.encode("warm up")
     app.batcher.start()
 
     stop = threading.Event()

@@ -17,17 +17,20 @@ transformer needs besides. They know block formats and array shapes, not models.
     rms_norm_rope(x, w, eps, cos, sin) rms_norm, then x (tokens, heads, d) rotated, halves paired
                                       (x1 c - x2 s, x2 c + x1 s), one pass; into `out=` when given
     attention(q, k, v, scale, radius) softmax attention of one sequence, grouped heads, optional band |i-j|<=radius
-    prepare(qtypes)                   get the compiled kernels for these weight types ready (kernels/warm_start.py):
-                                      from Numba's disk cache at once, else compiled by a background process while
-                                      the numpy kernels answer; when_ready(callback) runs once they take over
+    prepare(qtypes)                   get the compiled kernels for these weight types ready without waiting
+                                      (kernels/warm_start.py): loaded from Numba's disk cache by a thread, or
+                                      compiled by a background process, while the numpy kernels answer;
+                                      when_ready(callback) runs once the compiled kernels take over
 
 `w` is the weight as the GGUF file stores it: a C-contiguous uint8 array (rows, row_bytes), usually a read-only
 memory map; `qtype` a GGML type id. Two backends give the same answers: "numpy" (the oracle; Pyodide) and
 "numba" (compiled). The backend is chosen once, here, at import: EDGEGEMMA_BACKEND=numpy|numba, by default
-numba when it imports and numpy otherwise.
+numba where it is installed and numpy otherwise. Numba itself is imported only when first needed: until the
+compiled kernels are ready (warm_start), the numpy ones answer.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -42,24 +45,25 @@ if "numpy" not in sys.modules:
 from .blocks import QUANT_TYPES, QUANT_TYPES_BY_NAME, QuantType, quant_type
 
 
-def _choose_backend():
+def _choose_backend() -> str:
+    """numba where it is installed (imported only when first needed: see warm_start), numpy otherwise."""
     wanted = os.environ.get("EDGEGEMMA_BACKEND", "").strip().lower()
     if wanted not in ("", "numba", "numpy"):
         raise ValueError(f"EDGEGEMMA_BACKEND={wanted!r} is not a backend (choose numba or numpy)")
-    if wanted != "numpy":
-        try:
-            from . import numba_backend
+    if wanted == "numpy":
+        return "numpy"
+    try:
+        found = importlib.util.find_spec("numba") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it
+        found = False
+    if not found:
+        if wanted == "numba":
+            raise ImportError("EDGEGEMMA_BACKEND=numba but Numba is not installed; pip install numba")
+        return "numpy"
+    return "numba"
 
-            return "numba", numba_backend
-        except ImportError as err:
-            if wanted == "numba":
-                raise ImportError(f"EDGEGEMMA_BACKEND=numba but Numba cannot be imported ({err}); pip install numba") from err
-    from . import numpy_backend
 
-    return "numpy", numpy_backend
-
-
-BACKEND, _backend = _choose_backend()
+BACKEND = _choose_backend()
 _API = ("matmul", "matmuls", "pack", "MATMUL_ROWS", "LONG_SEQUENCE", "dequantize_rows", "dequantize", "rms_norm",
         "gelu_tanh", "gelu_tanh_mul", "add_rms_norm", "rms_norm_rope", "attention")
 
@@ -69,9 +73,11 @@ def _bind(backend) -> None:
     globals().update({name: getattr(backend, name) for name in _API})
 
 
-_bind(_backend)
+from . import numpy_backend  # noqa: E402
+from .warm_start import active_backend, install, prepare, when_ready  # noqa: E402  (it rebinds through _bind)
 
-from .warm_start import active_backend, prepare, when_ready  # noqa: E402  (it rebinds through _bind)
+_bind(numpy_backend)
+install()
 
 __all__ = ["BACKEND", "QUANT_TYPES", "QUANT_TYPES_BY_NAME", "QuantType", "quant_type", "prepare", "when_ready",
            "active_backend", *_API]
