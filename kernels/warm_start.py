@@ -19,10 +19,13 @@ query on the numpy kernels (kernels/DESIGN.md), and a thread loading them beside
 than it saves (both hold the GIL); so, as in renting versus buying, numpy runs until it has cost what loading
 costs, which bounds any job's overhead to twice the best choice made in hindsight. Compiling runs in a process:
 it holds the GIL for seconds at a time, and a one-shot command (`edgegemma embed`) may exit while the compiler
-carries on filling the cache for the next run. Every swap happens in a caller's thread, at a kernel call.
+carries on filling the cache for the next run. Every swap happens in a caller's thread, at a kernel call. Where
+memory is too short for a compiler beside this process (a capped CI job), it starts when this process exits, and
+the numpy kernels serve this one throughout.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import sys
@@ -31,6 +34,8 @@ import time
 from typing import Callable
 
 from . import numpy_backend
+from .compile import ONE_KERNEL_PEAK
+from .memory import headroom
 
 LOAD_COST = 0.5  # seconds: Numba's import and a model's ~20 kernels from its cache (kernels/DESIGN.md)
 
@@ -113,8 +118,20 @@ def compiler_process(kernels, lower_priority: bool = False) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=lower)
 
 
+class _AtExit:
+    """A compiler that starts when this process exits: beside it, there is not memory enough for one."""
+
+    def __init__(self, kernels):
+        atexit.register(lambda: compiler_process(kernels))
+
+    def poll(self):
+        return None  # never done while this process lives
+
+
 def _start_compiler() -> None:
-    _state["compiler"] = compiler_process(_state["pending"])
+    room = headroom()
+    start = _AtExit if room is not None and room < ONE_KERNEL_PEAK else compiler_process
+    _state["compiler"] = start(list(_state["pending"]))
 
 
 def _due() -> bool:
