@@ -172,16 +172,16 @@ def _rewrite(src, dst, change, change_field=lambda name, value: value):
 def test_unsupported_tensor_type_is_named(tmp_path, tiny_gguf):
     import gguf
 
-    q41 = gguf.GGMLQuantizationType.Q4_1
+    iq4_nl = gguf.GGMLQuantizationType.IQ4_NL  # blocks of Q4_0's size, so the file is well formed but for the type
 
-    def to_q4_1(name, values, qtype):
+    def to_iq4_nl(name, values, qtype):
         if name == "blk.0.attn_q.weight":
-            return gguf.quants.quantize(values, q41), q41
+            return gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q4_0), iq4_nl
         return gguf.quants.quantize(values, qtype) if qtype != 0 else values, qtype
 
-    _rewrite(tiny_gguf("q8_0"), tmp_path / "q41.gguf", to_q4_1)
-    with pytest.raises(ModelFileError, match=r"blk\.0\.attn_q\.weight: tensor type Q4_1 is not supported \(supported: f32, f16, bf16, q8_0, q4_0\)"):
-        edgegemma.load(tmp_path / "q41.gguf")
+    _rewrite(tiny_gguf("q8_0"), tmp_path / "iq4_nl.gguf", to_iq4_nl)
+    with pytest.raises(ModelFileError, match=r"blk\.0\.attn_q\.weight: tensor type IQ4_NL is not supported \(supported: f32, "):
+        edgegemma.load(tmp_path / "iq4_nl.gguf")
 
 
 def test_wrong_tensor_shape_is_named(tmp_path, tiny_gguf):
