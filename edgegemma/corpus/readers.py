@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from ..text import clean as _clean  # lone surrogates as U+FFFD, as invalid UTF-8 bytes are read: embed's one rule
+
 DEFAULT_GLOBS = ("**/*.md", "**/*.txt")
 DEFAULT_COLUMN = "text"
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _clean(text: str) -> str:
-    """Lone surrogates (JSON's "\\ud800") as U+FFFD, as invalid UTF-8 bytes are read: the rule `edgegemma embed`
-    and the server apply to every input, so one stray byte never stops a corpus."""
-    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 class CorpusError(Exception):
