@@ -16,11 +16,7 @@ import subprocess
 import sys
 import tempfile
 
-from .memory import headroom
-
-MiB = 1 << 20
-ONE_KERNEL_PEAK = 240 * MiB  # a process compiling its largest kernel (210 MiB measured), with a margin
-ALL_KERNELS_PEAK = 360 * MiB  # one process compiling a model's kernels one after another (320 MiB measured)
+from .memory import ALL_KERNELS_PEAK, headroom
 
 
 @contextlib.contextmanager
@@ -30,9 +26,7 @@ def _one_at_a_time():
     except ImportError:  # not POSIX: no lock
         yield
         return
-    from . import __file__ as package_file
-
-    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.dirname(package_file)
+    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.dirname(os.path.abspath(__file__))
     key = hashlib.sha256(f"{where}|{os.environ.get('NUMBA_CPU_NAME', '')}".encode()).hexdigest()[:16]
     with open(os.path.join(tempfile.gettempdir(), f"edgegemma-compile-{key}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -5,6 +5,10 @@ job's limit) and the machine's MemAvailable. The compiler uses it to stay inside
 """
 from __future__ import annotations
 
+MiB = 1 << 20
+ONE_KERNEL_PEAK = 240 * MiB  # a process compiling its largest kernel (210 MiB measured), with a margin
+ALL_KERNELS_PEAK = 360 * MiB  # one process compiling a model's kernels one after another (320 MiB measured)
+
 _UNLIMITED = 1 << 60
 
 

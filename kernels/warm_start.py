@@ -34,8 +34,7 @@ import time
 from typing import Callable
 
 from . import numpy_backend
-from .compile import ONE_KERNEL_PEAK
-from .memory import headroom
+from .memory import ONE_KERNEL_PEAK, headroom
 
 LOAD_COST = 0.5  # seconds: Numba's import and a model's ~20 kernels from its cache (kernels/DESIGN.md)
 
