@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from .corpus.encoding import EncodeOptions
-from .corpus.pipeline import _release_compiler_pages
 from .corpus.readers import CorpusError
 
 _models: dict[str, object] = {}
@@ -42,7 +41,6 @@ def worker_model(path: str | os.PathLike):
             model = _models.get(key)
             if model is None:
                 model = _models[key] = load(key)
-                _release_compiler_pages()  # as a local run does: the worker keeps the model, not the compiler
     return model
 
 

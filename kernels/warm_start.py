@@ -194,6 +194,10 @@ def _switch(now: bool = False) -> None:
                 jit.compiled(kernel)
         elif _state["qtypes"] is not None and not _load_or_start_compiler(backend, _state["qtypes"]):
             return
+        if backend is not numpy_backend:
+            from . import compiler_pages
+
+            compiler_pages.release()  # kernels loaded from the cache leave LLVM's pages resident too
         _state["active"] = _package().BACKEND
         _package()._bind(backend)
         callbacks, _state["callbacks"] = _state["callbacks"], []

@@ -29,19 +29,8 @@ class LocalEmbedder:
         self.model, self.options = model, options
 
     def embed(self, chunks: Iterable[tuple[int, list, list[str]]]) -> Iterator[tuple[int, list, list[str], object]]:
-        # The model's kernels were loaded with it: LLVM's pages (~67 MiB resident) are not needed for the run.
-        _release_compiler_pages()
         for k, ids, texts in chunks:
             yield k, ids, texts, self.options.encode(self.model, texts)
-
-
-def _release_compiler_pages() -> None:
-    from .. import kernels
-
-    if kernels.BACKEND == "numba":
-        from ..kernels import compiler_pages
-
-        compiler_pages.release()
 
 
 @dataclass
