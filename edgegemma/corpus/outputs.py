@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .parts import Part, _write_atomically
+from .parts import Part, write_atomically
 from .readers import CorpusError, check_pyarrow, require_pyarrow
 
 METADATA_PREFIX = "edgegemma."
@@ -43,11 +43,11 @@ def write_parquet(output: Path, parts: list[Path], dim: int, metadata: dict, has
                 embedding = pa.FixedSizeListArray.from_arrays(flat, dim)
                 writer.write_table(pa.table([pa.array(ids, schema.field("id").type), embedding], schema=schema))
 
-    _write_atomically(output, write)
+    write_atomically(output, write)
 
 
 def write_npy(output: Path, parts: list[Path], dim: int, metadata: dict, has_ids: bool) -> None:
-    rows = sum(_rows(p) for p in parts)
+    rows = sum(part_rows(p) for p in parts)
 
     def write(stream) -> None:
         np.lib.format.write_array_header_1_0(stream, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
@@ -55,7 +55,7 @@ def write_npy(output: Path, parts: list[Path], dim: int, metadata: dict, has_ids
         for path in parts:
             stream.write(np.ascontiguousarray(Part(path).vectors, np.float32).tobytes())
 
-    _write_atomically(output, write)
+    write_atomically(output, write)
 
 
 def write_jsonl(output: Path, parts: list[Path], dim: int, metadata: dict, has_ids: bool) -> None:
@@ -71,10 +71,10 @@ def write_jsonl(output: Path, parts: list[Path], dim: int, metadata: dict, has_i
                 index += 1
             stream.write("".join(lines).encode("utf-8"))
 
-    _write_atomically(output, write)
+    write_atomically(output, write)
 
 
-def _rows(path: Path) -> int:
+def part_rows(path: Path) -> int:
     with np.load(path) as f:
         return f["vectors"].shape[0]
 

@@ -34,7 +34,7 @@ def _disk_error(path: Path, err: OSError) -> CorpusError:
     return CorpusError(f"cannot write {path}: {reason}; rerun the same command to resume")
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     """write(stream) into a temporary file beside `path`, flushed to disk, then renamed to `path`."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -91,7 +91,7 @@ class PartStore:
             except (OSError, ValueError):
                 previous = None
             if previous != settings and not self.done():  # nothing done yet (the last run failed at once): start over
-                _write_atomically(manifest, lambda s: s.write(json.dumps(settings, indent=1).encode("utf-8")))
+                write_atomically(manifest, lambda s: s.write(json.dumps(settings, indent=1).encode("utf-8")))
             elif previous != settings:
                 raise CorpusError(f"{self.folder} holds an unfinished run with other settings "
                                   f"({_difference(previous, settings)}); rerun it with the same options, "
@@ -101,7 +101,7 @@ class PartStore:
                 self.folder.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise _disk_error(self.folder, err) from None
-            _write_atomically(manifest, lambda s: s.write(json.dumps(settings, indent=1).encode("utf-8")))
+            write_atomically(manifest, lambda s: s.write(json.dumps(settings, indent=1).encode("utf-8")))
         for leftover in self.folder.glob(".*.tmp"):  # a part a killed run was writing
             leftover.unlink(missing_ok=True)
         for leftover in output.parent.glob(f".{output.name}.*.tmp"):  # an output a killed run was joining
@@ -131,7 +131,7 @@ class PartStore:
             arrays["id_bytes"], arrays["id_ends"] = _packed_strings([str(i) for i in ids])
         if texts is not None:
             arrays["text_bytes"], arrays["text_ends"] = _packed_strings(texts)
-        _write_atomically(self.path(k), lambda s: np.savez(s, **arrays))
+        write_atomically(self.path(k), lambda s: np.savez(s, **arrays))
 
     def parts(self) -> list[Path]:
         return [self.path(k) for k in self.done()]

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 from .. import progress
 from .encoding import EncodeOptions
-from .outputs import KEEPS_TEXT, WRITERS, _rows, output_format
+from .outputs import KEEPS_TEXT, WRITERS, output_format, part_rows
 from .parts import PartStore
 from .readers import CorpusError
 
@@ -88,7 +88,7 @@ def embed_corpus(source, output: str | Path, model, options: EncodeOptions, embe
     gc.collect()  # the caller's model, if it holds one, stays; ours (and its packed weights) is freed now
     parts = store.parts()
     WRITERS[fmt](output, parts, dim, metadata, source.has_ids)
-    rows = sum(_rows(p) for p in parts)
+    rows = sum(part_rows(p) for p in parts)
     store.remove()
     return Summary(rows=rows, embedded=embedded, seconds=seconds)
 
