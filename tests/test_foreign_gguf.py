@@ -272,9 +272,12 @@ def test_llama_cpp_agrees_on_its_own_file(outtype, hf_model_dir, reference, tmp_
 # 0.9956), as copying it for Q8_0 did not (see AGREEMENT_BARS). Held instead, as for Q8_0: issue 6's agreement bar
 # and edgegemma at least as close to the reference as llama.cpp.
 KQUANTS = {"Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q6_K": "Q6_K"}  # llama.cpp's file type -> its main block type
+# For CI's time only Q4_K_M runs (llama.cpp's pass over the 205 texts took 8-50 min a file here, under load): its
+# file holds Q4_K, Q6_K (the token table) and 32-value types, and test_block_types holds every decoder bit-exact.
+CHECKED_IN_CI = ["Q4_K_M"]
 
 
-@pytest.mark.parametrize("ftype", list(KQUANTS))
+@pytest.mark.parametrize("ftype", CHECKED_IN_CI)
 def test_llama_cpp_quantized_file(ftype, hf_model_dir, reference, tmp_path):
     from gguf import GGMLQuantizationType
 
