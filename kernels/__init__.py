@@ -1,5 +1,6 @@
 """Kernels over ggml block formats (QUANT_TYPES: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K;
-the converter writes the first five), and the few generic array ops a transformer needs besides. They know block formats and array shapes, not models.
+the converter writes the first five), and the few generic array ops a transformer needs besides. They know block
+formats and array shapes, not models.
 
     matmul(x, w, qtype)               x (n, k) float32 @ W.T -> (n, rows) float32
     matmuls(x, [(w, qtype), ...])     [matmul(x, w, qtype) for each], sharing the work on x where it can
