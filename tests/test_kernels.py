@@ -691,6 +691,7 @@ def test_kernels_load_numba_without_scipy_blas():
 LLVM_PROBE = """
     import numpy as np, gguf
     from edgegemma import kernels
+    from edgegemma.kernels import numba_backend  # Numba and LLVM, imported (kernels alone leave them for later)
     def llvm_kib():
         kib, inside = 0, False
         for line in open("/proc/self/smaps", encoding="ascii", errors="replace"):
