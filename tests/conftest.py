@@ -6,6 +6,7 @@ synthetic checkpoint of the same architecture, and GGUF files converted from eit
     tiny_checkpoint    a toy EmbeddingGemma folder (make_tiny_checkpoint with its defaults)
     tiny_gguf(recipe)  that folder converted, once per session (tiny_gguf(recipe, "ggml"): another quantizer)
     real_gguf(recipe)  the real checkpoint converted, once per session, deleted at the end
+    model_file, model  the tiny model's q8_0 file, and it loaded (module scope)
 
 make_tiny_checkpoint(folder, **sizes) is a plain function too, for tests that need other sizes.
 """
@@ -237,6 +238,19 @@ def tiny_gguf(tiny_checkpoint, tmp_path_factory) -> Converted:
 
 
 # --- the real checkpoint and the reference outputs -------------------------------------
+
+@pytest.fixture(scope="module")
+def model_file(tiny_gguf) -> Path:
+    """The tiny model's q8_0 file, for tests of the API, CLI, server and adapters."""
+    return tiny_gguf("q8_0")
+
+
+@pytest.fixture(scope="module")
+def model(model_file):
+    import edgegemma
+
+    return edgegemma.load(model_file)
+
 
 @pytest.fixture(scope="session")
 def hf_model_dir() -> Path:

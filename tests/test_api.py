@@ -12,11 +12,6 @@ from edgegemma import ModelFileError
 from edgegemma import formats as F
 
 
-@pytest.fixture(scope="module")
-def model(tiny_gguf):
-    return edgegemma.load(tiny_gguf("q8_0"))
-
-
 def test_shapes_and_unit_length(model):
     d = model.dimension
     one = model.encode("hello")

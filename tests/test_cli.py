@@ -21,16 +21,6 @@ RECIPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "mixed"]
 TEXTS = ["the river runs to the city", "a tiny model", "search query about music"]
 
 
-@pytest.fixture(scope="module")
-def model_file(tiny_gguf):
-    return tiny_gguf("q8_0")
-
-
-@pytest.fixture(scope="module")
-def model(model_file):
-    return edgegemma.load(model_file)
-
-
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEGEMMA_HOME", str(tmp_path / "home"))

@@ -27,16 +27,6 @@ from conftest import tiny_corpus  # noqa: E402
 TEXTS = tiny_corpus(40, seed=3, number_every=5)
 
 
-@pytest.fixture(scope="module")
-def model_file(tiny_gguf):
-    return tiny_gguf("q8_0")
-
-
-@pytest.fixture(scope="module")
-def model(model_file):
-    return edgegemma.load(model_file)
-
-
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEGEMMA_HOME", str(tmp_path / "home"))

@@ -26,16 +26,6 @@ TEXTS = tiny_corpus(FILES * ROWS_PER_FILE, seed=5, number_every=4)
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_gguf):
-    return tiny_gguf("q8_0")
-
-
-@pytest.fixture(scope="module")
-def model(model_file):
-    return edgegemma.load(model_file)
-
-
-@pytest.fixture(scope="module")
 def client():
     # Worker processes inherit this environment (EDGEGEMMA_COMPILE=wait from conftest, the kernels' disk cache).
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,

@@ -15,11 +15,6 @@ TEXTS = tiny_corpus(10, seed=6, number_every=3)
 QUERY = "search query about the river"
 
 
-@pytest.fixture(scope="module")
-def model(tiny_gguf):
-    return edgegemma.load(tiny_gguf("q8_0"))
-
-
 @pytest.fixture
 def batches(model, monkeypatch):
     """The batch sizes the model's forward pass is called with (it still computes them)."""

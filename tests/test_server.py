@@ -99,16 +99,6 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def model_file(tiny_gguf) -> Path:
-    return tiny_gguf("q8_0")
-
-
-@pytest.fixture(scope="module")
-def model(model_file):
-    return edgegemma.load(model_file)
-
-
-@pytest.fixture(scope="module")
 def server(model_file, tmp_path_factory):
     srv = ServerProcess(model_file, tmp_path_factory.mktemp("server") / "stderr.txt", "--max-inputs", str(MAX_INPUTS),
                         "--max-tokens", str(MAX_TOKENS), "--max-body-mb", str(MAX_BODY_MB))
