@@ -5,6 +5,7 @@
     python -m bench.run --systems edgegemma:q4_0 llama.cpp:q4_0 st --repeats 5
     python -m bench.run --models /tmp/eg --out bench/results/run.json
     python -m bench.run --profile edgegemma:q4_0:numba    # cProfile one system on the reference texts
+    python -m bench.run --cpu avx2                        # every system restricted to AVX2 (see bench/profiles.py)
 
 Each system runs in a fresh process per round (its own backend choice, imports and peak RSS); the order
 of systems rotates between rounds and each figure is the best over rounds, because this machine is
@@ -25,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from . import profiles as P
 from . import workloads as W
 from .systems import LLAMA_QUANTIZED, THREADS, TYPES, System, all_systems, available, child_env, llama_repack_pattern
 
@@ -131,6 +134,33 @@ def select(systems: list[System], patterns: list[str] | None) -> list[System]:
     if not keep:
         raise SystemExit(f"--systems {' '.join(patterns)} matches none of: {', '.join(s.id for s in systems)}")
     return keep
+
+
+def restrict(systems: list[System], skipped: dict, profile: P.Profile) -> tuple[list[System], dict]:
+    """Each system with its profile's switches in its environment; llama.cpp rows whose build the profile cannot hold
+    are skipped with the reason. Returns the systems and notes for the report."""
+    notes = {"restricted_by": {}, "not_restricted": []}
+    if profile.native:
+        return systems, notes
+    llama_env, llama_note = None, ""
+    if any(s.family == "llama.cpp" and not skipped[s.id] for s in systems):
+        llama_env, llama_note = P.llama_for(profile)
+        if llama_env is None:
+            notes["not_restricted"].append(llama_note)
+        else:
+            notes["restricted_by"]["llama.cpp"] = llama_note
+    out = []
+    for s in systems:
+        if s.family == "llama.cpp":
+            if llama_env is None:
+                skipped[s.id] = skipped[s.id] or llama_note
+                out.append(s)
+                continue
+            env = llama_env
+        else:
+            env = P.env_for(profile, s.family)
+        out.append(replace(s, env={**s.env, **env}))
+    return out, notes
 
 
 def interleave(systems: list[System]) -> list[System]:
@@ -287,7 +317,7 @@ def _f(x, fmt="{:.0f}", none="—"):
 def table(report: dict) -> str:
     head = ("| system | file MiB | ref tok/s | ref texts/s | ref ×peer | syn tok/s | syn texts/s | syn ×peer "
             "| query ms | ×peer | cold start s (warm / cold cache) | peak RSS MiB (anon at end; cold-cache start) | cos vs reference (mean / min) |")
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    lines = [f"CPU profile: {_profile_line(report['meta'])}", "", head, "|" + "---|" * head.count(" | ") + "---|"]
     for sid, row in report["systems"].items():
         if row.get("skipped") or "best" not in row:
             reason = row.get("skipped") or row.get("error", "failed")
@@ -319,6 +349,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", nargs="+", metavar="PATTERN", help="ids, prefixes (edgegemma:q4_0, st) or globs")
+    p.add_argument("--cpu", choices=list(P.PROFILES), default="native",
+                   help="CPU profile: every system restricted to the same instruction set (default native: none)")
     p.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES, help="GGUF types (default: all)")
     p.add_argument("--models", type=Path, help="folder with {f32,q8_0,q4_0,mixed,q4_k_m,q5_k_m,q6_k}.gguf (default: "
                                                "converted into $EDGEGEMMA_HOME/bench-gguf from EDGEGEMMA_HF_MODEL; the "
@@ -338,6 +370,10 @@ def main(argv=None) -> dict:
     p.add_argument("--out", type=Path, help="JSON output (default bench/results/run-<time>.json)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
+    profile = P.PROFILES[args.cpu]
+    refused = P.refusal(profile)
+    if refused:  # a switch only takes instructions away: running native instead would mislabel the table
+        raise SystemExit(refused)
     repeats = args.repeats or (1 if args.quick else 3)
     limit = args.limit or (12 if args.quick else None)
     n_synth = args.synthetic if args.synthetic is not None else (8 if args.quick else W.SYNTHETIC_DOCS)
@@ -353,6 +389,7 @@ def main(argv=None) -> dict:
     for s in systems:
         if s.family == "st" and not skipped[s.id] and hf is None:
             skipped[s.id] = "no checkpoint folder (set EDGEGEMMA_HF_MODEL)"
+    systems, profile_notes = restrict(systems, skipped, profile)
     need = sorted({s.qtype for s in systems if s.qtype and not skipped[s.id]}, key=TYPES.index)
     files = model_files(need, args.models, hf)
     for s in systems:
@@ -398,6 +435,9 @@ def main(argv=None) -> dict:
                 "repeats": repeats, "rounds_done": rounds_done, "quick": args.quick, "latency_calls": latency_calls,
                 "llama_texts_per_call": args.llama_per_call, "edgegemma_batch_size": args.batch_size,
                 "llama_repack": repack,
+                "cpu_profile": {"name": profile.name, "summary": profile.summary,
+                                "restricted_by": {**P.restrictions(profile), **profile_notes["restricted_by"]},
+                                "not_restricted": profile_notes["not_restricted"]},
                 "method": f"each system in a fresh process per round, order rotated between rounds; best of {rounds_done} "
                           "round(s) for throughput, latency (median of the calls) and cold start; peak RSS the max",
                 "load_average_start": load_start, "git": git_start,
@@ -513,6 +553,7 @@ def render(report: dict) -> str:
         f"work: reference {w['reference']['texts']} texts / {w['reference']['tokens']} tokens (document mode, longest "
         f"{w['reference']['max_tokens']}); synthetic {w['synthetic']['texts']} texts / {w['synthetic']['tokens']} tokens; "
         f"query {w['query']['tokens']} tokens, median of {m['latency_calls']} calls",
+        f"CPU profile: {_profile_line(m)}",
         f"method: {m['method']}; ×peer = edgegemma / fastest peer (llama.cpp same file, sentence-transformers any)"
         " — for latency, lower is better",
         "",
@@ -528,11 +569,21 @@ def render(report: dict) -> str:
             fastest.setdefault(k, set()).add(v["peer"])
     if fastest:
         lines += ["fastest peers: " + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in fastest.items())]
+    cpu = m.get("cpu_profile", {})
+    if cpu.get("restricted_by"):
+        lines += ["", f"restricted to the {cpu['name']} profile by:"] + [f"  {k}: {v}" for k, v in cpu["restricted_by"].items()]
+    if cpu.get("not_restricted"):
+        lines += ["not restricted:"] + [f"  {note}" for note in cpu["not_restricted"]]
     if report.get("acceptance"):
-        lines += ["", "issue 5 acceptance (numba backend):"]
+        lines += ["", f"issue 5 / 25 acceptance (numba backend, {cpu.get('name', 'native')} profile):"]
         lines += [f"  [{'pass' if c['pass'] else 'FAIL'}] {c['check']}: {c['value']} (target {c['target']})"
                   for c in report["acceptance"]]
     return "\n".join(lines)
+
+
+def _profile_line(meta: dict) -> str:
+    cpu = meta.get("cpu_profile") or {"name": "native", "summary": P.PROFILES["native"].summary}
+    return f"{cpu['name']} ({cpu['summary']})"
 
 
 def _machine() -> str:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .profiles import PROFILE_VARIABLES
 from .workloads import DOCUMENT_PROMPT, QUERY_PROMPT
 
 # Files edgegemma's converter makes, then files llama.cpp's quantizer makes from edgegemma's f16 (K-quants, with
@@ -191,8 +192,9 @@ def _sentence_transformers(system: System, _path, hf_model, _options) -> Encoder
 
 
 def child_env(system: System) -> dict:
-    """Every system at the same thread count, whatever library it threads with."""
-    env = dict(os.environ)
+    """Every system at the same thread count, whatever library it threads with, and the CPU profile's switches only
+    (system.env): none of them inherited from the shell, which would restrict a row the table calls native."""
+    env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "RAYON_NUM_THREADS"):
         env[var] = str(THREADS)
     env["TOKENIZERS_PARALLELISM"] = "false"

@@ -10,6 +10,7 @@ whole process (VmHWM), so that every system's memory is measured alone, with its
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -96,6 +97,9 @@ def main(spec_path: str, result_path: str) -> None:
                 np.save(spec["save_embeddings"], np.asarray(emb, np.float32))
         result["peak_rss_mib"], result["rss_end_mib"] = peak_rss_mb()
         result["anon_end_mib"] = anonymous_mb()
+    from .profiles import PROFILE_VARIABLES  # after the clocks: which CPU switches this process ran under
+
+    result["cpu_switches"] = {k: os.environ[k] for k in PROFILE_VARIABLES if k in os.environ}
     json.dump(result, open(result_path, "w", encoding="utf-8"))
 
 

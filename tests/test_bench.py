@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench import run, workloads
+from bench import profiles, run, workloads
 from bench.systems import LLAMA_QUANTIZED
 
 FIGURES = ("tokens_per_s", "texts_per_s", "seconds")
@@ -54,13 +54,17 @@ def test_select_patterns():
         run.select(systems, ["nothing"])
 
 
-def test_quick_run_on_tiny_model(tiny_gguf, tmp_path, capsys):
-    """The whole harness on the toy model: child process, workloads, figures, JSON, table."""
+def test_quick_run_on_tiny_model(tiny_gguf, tmp_path, capsys, monkeypatch):
+    """The whole harness on the toy model: child process, workloads, figures, JSON, table. The native profile
+    clears CPU switches left in the shell."""
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")  # (not a Numba one: Numba reads its own at import)
     folder = tmp_path / "models"
     folder.mkdir()
     os.symlink(tiny_gguf("q4_0"), folder / "q4_0.gguf")
     run_quick(folder, tmp_path / "run.json")
-    check_report(tmp_path / "run.json", dim_matches_reference=False)
+    report = check_report(tmp_path / "run.json", dim_matches_reference=False)
+    assert report["meta"]["cpu_profile"]["name"] == "native"
+    assert report["systems"]["edgegemma:q4_0:numpy"]["runs"][0]["cpu_switches"] == {}
     assert "| edgegemma:q4_0:numpy |" in capsys.readouterr().out
 
 
@@ -72,3 +76,40 @@ def test_quick_run_on_real_model(real_gguf, reference_dir, tmp_path):
     run_quick(folder, tmp_path / "run.json")
     report = check_report(tmp_path / "run.json", dim_matches_reference=True)
     assert report["systems"]["edgegemma:q4_0:numpy"]["cos_reference"]["mean"] > 0.9
+
+
+def test_cpu_profiles_against_this_host():
+    """A profile runs only where the CPU has every feature it allows; a refusal names features the CPU lacks."""
+    host = profiles.host_features()
+    for profile in profiles.PROFILES.values():
+        why = profiles.refusal(profile, host)
+        lacking = [f for f in profile.features if f in host and not host[f]]
+        assert (why is None) == (profile.native or not lacking)
+        if why:
+            assert all(f in why for f in lacking)
+            with pytest.raises(SystemExit, match=profile.name):
+                run.main(["--cpu", profile.name, "--quick"])
+
+
+def test_numba_target_of_a_profile_takes_nothing_from_the_host():
+    host = profiles.host_features()
+    flags = profiles.numba_features(profiles.PROFILES["avx2"], host).split(",")
+    on = {f[1:] for f in flags if f.startswith("+")}
+    assert {"avx2", "fma", "f16c"} <= on and not any(f.startswith("avx512") or f.startswith("amx") for f in on)
+    assert {f[1:] for f in flags if f[:1] in "+-"} == set(host)  # every feature LLVM knows, each decided
+
+
+def test_quick_run_under_avx2_profile(tiny_gguf, tmp_path):
+    """--cpu avx2: the worker ran under the profile's switches, and the table says which profile it is."""
+    if profiles.refusal(profiles.PROFILES["avx2"]):
+        pytest.skip(profiles.refusal(profiles.PROFILES["avx2"]))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    os.symlink(tiny_gguf("q4_0"), folder / "q4_0.gguf")
+    run_quick(folder, tmp_path / "run.json", "--cpu", "avx2")
+    report = check_report(tmp_path / "run.json", dim_matches_reference=False)
+    assert report["meta"]["cpu_profile"]["name"] == "avx2"
+    assert report["table"].startswith("CPU profile: avx2")
+    switches = report["systems"]["edgegemma:q4_0:numpy"]["runs"][0]["cpu_switches"]
+    assert switches["NUMBA_CPU_NAME"] == "haswell" and "-avx512f" in switches["NUMBA_CPU_FEATURES"].split(",")
+    assert switches["OPENBLAS_CORETYPE"] == "Haswell"
