@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from gguf import Keys
 
 from . import formats as F
 from .config import Config
 from .gguf_file import GGUFFile, ModelFileError, shown
+from .gguf_spec import Keys
 from .integrity import check_finite, check_norms, check_tensor_types
 import edgegemma.kernels as kernels
 from .model import EmbeddingGemma, Trace

@@ -4,10 +4,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gguf import Keys, PoolingType
-
 from .formats import ARCH, DENSE_2
 from .gguf_file import StringArray, shown
+from .gguf_spec import Keys, PoolingType
 
 # Bounds on the sizes a file may declare: far above EmbeddingGemma's (and Gemma 3's), low enough that nothing sized
 # from them (the RoPE tables: context x head size) can exhaust memory.

@@ -6,34 +6,32 @@ under the one `edgegemma.` prefix. The converter writes with this table, the run
 """
 from __future__ import annotations
 
-import gguf
-
 # The storage types are the kernels' one table (each type's name, block size and bytes).
 from .kernels.blocks import QUANT_TYPES, QUANT_TYPES_BY_NAME, WRITTEN_TYPES, QuantType, quant_type  # noqa: F401
 
-ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GEMMA_EMBEDDING]  # "gemma-embedding"
+# llama.cpp's names (gguf.MODEL_ARCH_NAMES, gguf.TENSOR_NAMES), written out so that the runtime need not import
+# gguf (edgegemma.gguf_spec says why); tests/test_gguf_spec.py holds them equal to the package's.
+ARCH = "gemma-embedding"  # gguf.MODEL_ARCH.GEMMA_EMBEDDING
 
 # Tensor names: llama.cpp's, for this architecture.
-_N = gguf.TENSOR_NAMES
-_T = gguf.MODEL_TENSOR
-TOKEN_EMBD = _N[_T.TOKEN_EMBD]  # token_embd
-OUTPUT_NORM = _N[_T.OUTPUT_NORM]  # output_norm
-DENSE_2 = _N[_T.DENSE_2_OUT]  # dense_2: 768 -> 3072
-DENSE_3 = _N[_T.DENSE_3_OUT]  # dense_3: 3072 -> 768
+TOKEN_EMBD = "token_embd"
+OUTPUT_NORM = "output_norm"
+DENSE_2 = "dense_2"  # 768 -> 3072
+DENSE_3 = "dense_3"  # 3072 -> 768
 # Per block, with {bid} for the layer index.
-ATTN_NORM = _N[_T.ATTN_NORM]
-ATTN_Q = _N[_T.ATTN_Q]
-ATTN_K = _N[_T.ATTN_K]
-ATTN_V = _N[_T.ATTN_V]
-ATTN_Q_NORM = _N[_T.ATTN_Q_NORM]
-ATTN_K_NORM = _N[_T.ATTN_K_NORM]
-ATTN_OUT = _N[_T.ATTN_OUT]
-ATTN_POST_NORM = _N[_T.ATTN_POST_NORM]
-FFN_NORM = _N[_T.FFN_PRE_NORM]
-FFN_GATE = _N[_T.FFN_GATE]
-FFN_UP = _N[_T.FFN_UP]
-FFN_DOWN = _N[_T.FFN_DOWN]
-FFN_POST_NORM = _N[_T.FFN_POST_NORM]
+ATTN_NORM = "blk.{bid}.attn_norm"
+ATTN_Q = "blk.{bid}.attn_q"
+ATTN_K = "blk.{bid}.attn_k"
+ATTN_V = "blk.{bid}.attn_v"
+ATTN_Q_NORM = "blk.{bid}.attn_q_norm"
+ATTN_K_NORM = "blk.{bid}.attn_k_norm"
+ATTN_OUT = "blk.{bid}.attn_output"
+ATTN_POST_NORM = "blk.{bid}.post_attention_norm"
+FFN_NORM = "blk.{bid}.ffn_norm"
+FFN_GATE = "blk.{bid}.ffn_gate"
+FFN_UP = "blk.{bid}.ffn_up"
+FFN_DOWN = "blk.{bid}.ffn_down"
+FFN_POST_NORM = "blk.{bid}.post_ffw_norm"
 
 BLOCK_TENSORS = (
     ATTN_NORM, ATTN_Q, ATTN_K, ATTN_V, ATTN_Q_NORM, ATTN_K_NORM, ATTN_OUT, ATTN_POST_NORM,

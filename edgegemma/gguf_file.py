@@ -2,7 +2,7 @@
 
 gguf's own GGUFReader builds a numpy view per array element, which for this model's 262,144-token
 vocabulary takes about a minute; this reader does the same job with one vectorised read per numeric
-array, so a model opens in well under a second. The layout constants come from the gguf package,
+array, so a model opens in well under a second. The layout constants are the gguf package's (gguf_spec),
 and tests hold this reader against GGUFReader field by field.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType, Keys
+from .gguf_spec import GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGUFValueType, Keys
+from .kernels.blocks import GGML_QUANT_SIZES, GGMLQuantizationType
 
 
 class ModelFileError(ValueError):

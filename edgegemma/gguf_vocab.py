@@ -12,9 +12,9 @@ decoding a string.
 from __future__ import annotations
 
 import numpy as np
-from gguf import Keys, TokenType
 
 from .gguf_file import ModelFileError, StringArray, shown
+from .gguf_spec import Keys, TokenType
 
 # SentencePiece's ModelProto (sentencepiece_model.proto): field numbers this file writes.
 _MODEL_PIECES, _MODEL_TRAINER_SPEC, _MODEL_NORMALIZER_SPEC = 1, 2, 3

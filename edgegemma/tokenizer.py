@@ -14,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 import sentencepiece as spm
-from gguf import Keys, TokenType
 
 from . import formats as F
 from .gguf_file import ModelFileError, StringArray, shown
+from .gguf_spec import Keys, TokenType
 from .gguf_vocab import flag, sentencepiece_model
 from .text import clean
 

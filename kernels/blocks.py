@@ -2,7 +2,7 @@
 checks both backends share.
 
 A weight arrives as ggml stores it: a C-contiguous uint8 array of shape (rows, row_bytes), one row per
-output feature, each row a run of blocks. Sizes come from `gguf.GGML_QUANT_SIZES`; the layouts are ggml's:
+output feature, each row a run of blocks. Ids and sizes are ggml's (GGML_TYPES below); so are the layouts:
 
     F32   4 bytes per value
     F16   IEEE half, 2 bytes per value
@@ -32,9 +32,28 @@ Types written by edgegemma's converter are `written`; the others it reads as lla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+# ggml's type ids, names and (values per block, bytes per block), as gguf.GGMLQuantizationType and
+# gguf.GGML_QUANT_SIZES have them: written out so that opening a model imports no gguf (its import costs more than
+# the rest of opening a file); tests/test_gguf_spec.py holds them equal to the package's.
+GGML_TYPES: dict[str, tuple[int, int, int]] = {
+    "F32": (0, 1, 4), "F16": (1, 1, 2), "Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22),
+    "Q5_1": (7, 32, 24), "Q8_0": (8, 32, 34), "Q8_1": (9, 32, 40), "Q2_K": (10, 256, 84), "Q3_K": (11, 256, 110),
+    "Q4_K": (12, 256, 144), "Q5_K": (13, 256, 176), "Q6_K": (14, 256, 210), "Q8_K": (15, 256, 292),
+    "IQ2_XXS": (16, 256, 66), "IQ2_XS": (17, 256, 74), "IQ3_XXS": (18, 256, 98), "IQ1_S": (19, 256, 50),
+    "IQ4_NL": (20, 32, 18), "IQ3_S": (21, 256, 110), "IQ2_S": (22, 256, 82), "IQ4_XS": (23, 256, 136),
+    "I8": (24, 1, 1), "I16": (25, 1, 2), "I32": (26, 1, 4), "I64": (27, 1, 8), "F64": (28, 1, 8),
+    "IQ1_M": (29, 256, 56), "BF16": (30, 1, 2), "TQ1_0": (34, 256, 54), "TQ2_0": (35, 256, 66),
+    "MXFP4": (39, 32, 17), "NVFP4": (40, 64, 36), "Q1_0": (41, 128, 18),
+}
+# An IntEnum like gguf's, so that a type compares, hashes and prints as the package's does.
+GGMLQuantizationType = IntEnum("GGMLQuantizationType", {name: i for name, (i, _, _) in GGML_TYPES.items()},
+                               module=__name__)
+GGML_QUANT_SIZES: dict[GGMLQuantizationType, tuple[int, int]] = {
+    GGMLQuantizationType(i): (block, size) for i, block, size in GGML_TYPES.values()}
 
 F32 = int(GGMLQuantizationType.F32)
 F16 = int(GGMLQuantizationType.F16)
