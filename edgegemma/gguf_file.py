@@ -121,11 +121,17 @@ class _Cursor:
         return bool(value) if vtype == GGUFValueType.BOOL else value
 
     def strings(self, count: int) -> "StringArray":
-        """A string array, decoded only when read: the vocabulary alone is 262,144 strings.
+        """A string array, decoded only when read: the vocabulary alone is 262,144 strings."""
+        found = _short_string_fields(self.buf, self.pos, count) if count else None
+        if found is None:
+            return self._strings_one_by_one(count)
+        starts, lengths = found
+        self.take(int(starts[-1] + lengths[-1]) - self.pos, f"a string array of {count:,} strings")
+        return StringArray(self.buf, starts, lengths)
 
-        Each string's place follows from the previous one's length, so this is one Python loop; it keeps
-        only the running offsets (a list, then one array), which makes it ~1.6x the speed of filling
-        numpy arrays item by item (~70 ms for the vocabulary, the bulk of opening a file)."""
+    def _strings_one_by_one(self, count: int) -> "StringArray":
+        """Each string's place follows from the previous one's length: one Python loop (~60 ms of CPU for the
+        vocabulary), keeping only the running offsets (a list, then one array)."""
         unpack, buf = struct.Struct("<Q").unpack_from, self.buf
         pos = self.pos
         offsets = [pos]
@@ -142,6 +148,44 @@ class _Cursor:
         offsets = np.array(offsets, np.int64)
         starts = offsets[:-1] + 8
         return StringArray(self.buf, starts, offsets[1:] - starts)
+
+
+_SCAN_BYTES = 1 << 20  # the string-field search reads the file this much at a time (small transient memory)
+
+
+def _short_string_fields(buf, pos: int, count: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The strings of a string array at `pos` (each one's start and length), found without a Python loop when
+    every string is 1 to 255 bytes long and holds no NUL byte (every vocabulary we have seen); None otherwise.
+
+    Such a string's length field is a nonzero byte and seven zero bytes, which no eight bytes of a text (nonzero
+    bytes) or across a text's end (its last byte, then the next field's nonzero first byte) can be. So the places
+    where that pattern starts are the fields; each is kept only if it lies 8 + its length after the one before,
+    the first at `pos`: exactly the offsets the loop would compute. (~10 ms of CPU for Gemma's vocabulary.)"""
+    data = np.frombuffer(buf, np.uint8)
+    limit = min(len(data), pos + count * (8 + 255))  # no array of short strings reaches further
+    parts, found, expected, at = [], 0, pos, pos  # expected: where the next field must start
+    while found < count:
+        n = min(limit, at + _SCAN_BYTES + 7) - at - 7  # fields may start at [at, at + n)
+        if n <= 0:
+            return None
+        zero = data[at:at + n + 7] == 0
+        field = ~zero[:n]
+        for k in range(1, 8):
+            field &= zero[k:n + k]
+        starts = np.flatnonzero(field)[:count - found] + at
+        if len(starts):
+            lengths = data[starts].astype(np.int64)  # the length's first byte; the other seven are zero
+            if starts[0] != expected or not np.array_equal(starts[1:], starts[:-1] + 8 + lengths[:-1]):
+                return None
+            expected = int(starts[-1] + 8 + lengths[-1])
+            parts.append((starts, lengths))
+            found += len(starts)
+        at += n
+        if found < count and expected < at:  # the next field lies in what was searched, and was not found
+            return None
+    if expected > len(data):  # the last string runs past the end: the loop says so, where
+        return None
+    return np.concatenate([p[0] for p in parts]) + 8, np.concatenate([p[1] for p in parts])
 
 
 class StringArray:
