@@ -6,6 +6,7 @@ looks at one sequence at a time. Every activation is float32 (fp16 overflows in 
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, Sequence
 
 import numpy as np
@@ -42,11 +43,48 @@ def geglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return kernels.gelu_tanh_mul(gate, up)
 
 
-def rope_table(base: float, head_dim: int, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin (max_positions, head_dim / 2) of position × base^(-2i / head_dim)."""
-    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None, :]
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+def rope_table(base: float, head_dim: int, max_positions: int) -> tuple["RopeRows", "RopeRows"]:
+    """cos and sin (max_positions, head_dim / 2) of position × base^(-2i / head_dim), indexed by positions."""
+    rope = _Rope(base, head_dim, max_positions)
+    return RopeRows(rope, 0), RopeRows(rope, 1)
+
+
+class _Rope:
+    """The cos and sin tables, their rows computed as far as a position yet asked for: a short text needs a few
+    of the 2,048 rows (all of them cost ~20 ms of a process's start). Each value is the float64 cos or sin of
+    position × frequency, rounded to float32, however far the table has grown."""
+
+    def __init__(self, base: float, head_dim: int, max_positions: int):
+        self.inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+        self.max_positions = max_positions
+        self.tables = (np.empty((0, head_dim // 2), np.float32),) * 2
+        self._lock = threading.Lock()  # threads sharing a model grow it one at a time
+
+    def grow(self, rows: int) -> None:
+        if rows <= len(self.tables[0]):
+            return
+        with self._lock:
+            have = len(self.tables[0])
+            rows = min(self.max_positions, max(rows, 2 * have, 64))
+            angles = np.arange(have, rows, dtype=np.float64)[:, None] * self.inv_freq[None, :]
+            self.tables = tuple(np.concatenate([t, f(angles).astype(np.float32)])
+                                for t, f in zip(self.tables, (np.cos, np.sin)))
+
+
+class RopeRows:
+    """One of the tables (0: cos, 1: sin); `table[positions]` is its rows for those positions."""
+
+    def __init__(self, rope: _Rope, which: int):
+        self.rope, self.which = rope, which
+
+    def __getitem__(self, positions) -> np.ndarray:
+        positions = np.asarray(positions)
+        if positions.size:
+            self.rope.grow(int(positions.max()) + 1)
+        return self.rope.tables[self.which][positions]
+
+    def __len__(self) -> int:
+        return self.rope.max_positions
 
 
 def norm_and_rotate(x: np.ndarray, weight: np.ndarray, eps: float, cos: np.ndarray, sin: np.ndarray,
