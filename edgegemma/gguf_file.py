@@ -204,6 +204,22 @@ class StringArray:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def texts(self, indices) -> list[str]:
+        """[self[i] for i in indices], decoded in one piece: the strings' bytes gathered with a NUL after each, one
+        decode, one split (the tokenizer's ~6,400 added tokens: ~1 ms against ~5). Strings holding a NUL
+        themselves are decoded one by one."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        starts, lengths = self._starts[indices], self._lengths[indices].astype(np.int64)
+        ends = np.cumsum(lengths + 1)  # each string's NUL, in the joined bytes
+        which = np.repeat(np.arange(len(indices)), lengths + 1)
+        at = np.arange(int(ends[-1]) if len(ends) else 0) - (ends - lengths - 1)[which]  # place in its string
+        joined = np.zeros(len(at), np.uint8)
+        text = at < lengths[which]
+        joined[text] = np.frombuffer(self._buf, np.uint8)[starts[which[text]] + at[text]]
+        if np.count_nonzero(joined) != len(joined) - len(indices):
+            return [self[i] for i in indices.tolist()]
+        return joined.tobytes().decode("utf-8", errors="replace").split("\x00")[:-1]
+
     def raw(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The strings undecoded, for bulk work: the file's bytes (uint8), each string's start in them, its length."""
         return np.frombuffer(self._buf, np.uint8), self._starts, self._lengths

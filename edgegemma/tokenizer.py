@@ -45,9 +45,9 @@ class Tokenizer:
         token_types = np.asarray(token_types)
         added = np.flatnonzero(np.isin(token_types, [TokenType.CONTROL, TokenType.USER_DEFINED, TokenType.UNKNOWN]))
         user_defined = (token_types[added] == TokenType.USER_DEFINED).tolist()
+        texts = tokens.texts(added) if isinstance(tokens, StringArray) else [tokens[i] for i in added.tolist()]
         self.added_tokens: dict[str, int] = {}
-        for i, user in zip(added.tolist(), user_defined):
-            text = tokens[i]
+        for i, user, text in zip(added.tolist(), user_defined, texts):
             if user:
                 text = text.replace(" ", "\u2581")
             if text:

@@ -95,3 +95,13 @@ def test_damaged_lengths_are_refused_as_the_loop_refuses_them(tmp_path, monkeypa
             with pytest.raises(ModelFileError) as looped:
                 GGUFFile(path)
         assert str(searched.value) == str(looped.value)
+
+
+def test_texts_decode_as_one_by_one():
+    """StringArray.texts (many strings in one decode) gives what indexing gives, broken UTF-8 and NULs included."""
+    pieces = [b"ab\xe2\x82", "é".encode(), b"\xff", b"x\x00y", b"", "日本".encode(), b"\x80z"]
+    buf = b"".join(pieces)
+    lengths = np.array([len(p) for p in pieces])
+    strings = gguf_file.StringArray(memoryview(buf), np.cumsum(lengths) - lengths, lengths)
+    for indices in ([0, 1, 2, 4, 5, 6], [6, 0, 0], [3, 1], [], list(range(len(pieces)))):
+        assert strings.texts(indices) == [strings[i] for i in indices], indices
