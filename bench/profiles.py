@@ -195,7 +195,7 @@ def llama_for(profile: Profile) -> tuple[dict[str, str] | None, str]:
             reasons.append(f"{where} is compiled with {', '.join(beyond)}, beyond the profile")
             continue
         unused = sorted(profile.llama_max - isa)
-        note = (f"llama.cpp: {where}, compiled with {' '.join(sorted(isa))} (restricted by its build: llama.cpp has no "
+        note = (f"{where}, compiled with {' '.join(sorted(isa))} (restricted by its build: llama.cpp has no "
                 "run-time switch)" + (f"; it does not use {' '.join(unused)}, which the profile allows" if unused else ""))
         return env, note
     return None, ("llama.cpp cannot be restricted at run time (one CPU backend, compiled for its build machine): "
