@@ -2,9 +2,8 @@
 
 Importing `gguf` costs a process ~40 ms beside numpy on a core of its own, 60-100 ms on a busy one (its constants
 tables, its metadata module and yaml, the reader and writer), as much as opening a model file; the runtime needs
-only these few constants from it. The
-converter still writes with `gguf` itself, and tests/test_gguf_spec.py holds every value here equal to the
-package's, so the two cannot drift apart.
+only these few constants from it. The converter still writes with `gguf` itself, and tests/test_gguf_spec.py holds
+every value here equal to the package's, so the two cannot drift apart.
 """
 from __future__ import annotations
 
