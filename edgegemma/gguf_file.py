@@ -160,7 +160,7 @@ def _short_string_fields(buf, pos: int, count: int) -> tuple[np.ndarray, np.ndar
     Such a string's length field is a nonzero byte and seven zero bytes, which no eight bytes of a text (nonzero
     bytes) or across a text's end (its last byte, then the next field's nonzero first byte) can be. So the places
     where that pattern starts are the fields; each is kept only if it lies 8 + its length after the one before,
-    the first at `pos`: exactly the offsets the loop would compute. (~10 ms of CPU for Gemma's vocabulary.)"""
+    the first at `pos`: exactly the offsets the loop would compute. (~7 ms for Gemma's vocabulary.)"""
     data = np.frombuffer(buf, np.uint8)
     limit = min(len(data), pos + count * (8 + 255))  # no array of short strings reaches further
     parts, found, expected, at = [], 0, pos, pos  # expected: where the next field must start
@@ -169,10 +169,10 @@ def _short_string_fields(buf, pos: int, count: int) -> tuple[np.ndarray, np.ndar
         if n <= 0:
             return None
         zero = data[at:at + n + 7] == 0
-        field = ~zero[:n]
-        for k in range(1, 8):
-            field &= zero[k:n + k]
-        starts = np.flatnonzero(field)[:count - found] + at
+        zeros_2 = zero[:-1] & zero[1:]  # zeros_2[p]: bytes p and p + 1 are zero
+        zeros_4 = zeros_2[:-2] & zeros_2[2:]
+        zeros_7 = zeros_4[:-3] & zeros_4[3:]  # bytes p .. p + 6
+        starts = np.flatnonzero(zeros_7[1:] > zero[:n])[:count - found] + at  # byte p nonzero, p + 1 .. p + 7 zero
         if len(starts):
             lengths = data[starts].astype(np.int64)  # the length's first byte; the other seven are zero
             if starts[0] != expected or not np.array_equal(starts[1:], starts[:-1] + 8 + lengths[:-1]):
