@@ -3,7 +3,7 @@ designs live one to a module (kernels/DESIGN.md has the measurements behind each
 
     decode          stored rows -> float32, per block type          dequantize, dequantize_rows
     float_matmul    "dot" (n < OUTER_MIN_N) and "outer" (larger n)   any block type
-    int_matmul      int16 activations times the blocks' integers     Q8_0 / Q4_0 where the target has AVX-512 VNNI
+    int_matmul      int16 activations times the blocks' integers     Q8_0 / Q4_0 where the target has AVX-512 VNNI or AVX2
     amx_matmul      bfloat16 AMX tiles, for long sequences           Q8_0 / Q4_0 on CPUs with AMX
     self_attention  float32, or AMX tiles from amx_attention.MIN_LENGTH tokens
     elementwise     norms, GeGLU, RoPE
@@ -20,11 +20,11 @@ from .decode import dequantize, dequantize_rows
 from .elementwise import add_rms_norm, gelu_tanh, gelu_tanh_mul, rms_norm, rms_norm_rope
 from .float_matmul import matmul_dot, matmul_outer
 from .int_matmul import SHARED, matmul_int, matmul_int_shared
-from .int_panels import INT_OFFSET, PackedWeight, pack_int
-from .int_tile import VNNI
+from .int_panels import PackedWeight, pack_int
+from .int_tile import VECTOR
 
 OUTER_MIN_N = 40  # from this many tokens on, the outer design (its packing is paid back)
-INT_TYPES = frozenset(INT_OFFSET) if VNNI else frozenset()  # the types the integer design takes on this target
+INT_TYPES = VECTOR.qtypes if VECTOR else frozenset()  # the types the integer design takes on this target
 # Rows of x a caller that splits its batch (to bound its memory) should hand matmul at a time: a forward pass is
 # fastest in steps whose norms, activations and matmuls stay in L2.
 MATMUL_ROWS = 512

@@ -194,7 +194,7 @@ def test_numba_equals_numpy(qtype):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
 
 
-# --- the integer design: vector IR with AVX-512 VNNI, plain loops elsewhere (and without JIT) --------------------
+# --- the integer design: vector IR with AVX-512 VNNI or AVX2, plain loops elsewhere (and without JIT) ------------
 
 needs_int = pytest.mark.skipif(numba_backend is None, reason="numba not installed")
 INT_NS = [1, 7, 40] if NO_JIT else [1, 7, 40, 300]
@@ -221,8 +221,8 @@ def test_quantized_activations_match_numpy(qtype):
 @pytest.mark.parametrize("rows,k", INT_SHAPES)
 def test_int_matmul_against_numpy(qtype, rows, k):
     """Twice: against the exact product of the quantized activations (only float32 rounding may differ), and
-    against the numpy oracle within what quantizing the activations can change. On a VNNI target this is the
-    vector-IR tile; elsewhere, and in the NUMBA_DISABLE_JIT run, the plain-loop tile with the same arithmetic."""
+    against the numpy oracle within what quantizing the activations can change. On a VNNI or AVX2 target this is
+    the vector-IR tile; elsewhere, and in the NUMBA_DISABLE_JIT run, the plain-loop tile with the same arithmetic."""
     raw = stored(weights(rows, k, seed=11), qtype)
     w_float = numpy_backend.dequantize(raw, qtype)
     rng = np.random.default_rng(12)
@@ -351,7 +351,7 @@ def test_shared_int_matmul_needs_one_row_length():
 @pytest.mark.skipif(numba_backend is None, reason="numba not installed")
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0], ids=lambda t: t.name)
 def test_float_fallback_equals_numpy(qtype, monkeypatch):
-    """Where the CPU lacks VNNI, matmul takes the float designs: the same answers as numpy to float32 rounding."""
+    """Where the target has no vector tile, matmul takes the float designs: the same answers as numpy to float32 rounding."""
     monkeypatch.setattr(numba_backend, "INT_TYPES", frozenset())
     rows, k = SHAPES[0]
     raw = stored(weights(rows, k, seed=13), qtype)
@@ -375,16 +375,38 @@ FEATURE_PROBE = """
 """
 
 
-@pytest.mark.skipif(numba_backend is None or NO_JIT or not int_tile.VNNI, reason="needs a VNNI host to take VNNI away from")
-def test_without_vnni_matmul_is_the_float_one(tmp_path):
-    """The same host compiling for a CPU without AVX-512 VNNI (NUMBA_CPU_FEATURES, as on older x86): no integer
-    design, and matmul agrees with numpy to float32 rounding."""
+def _features_without(*removed: str) -> str:
     import llvmlite.binding as llvm
 
-    features = llvm.get_host_cpu_features().flatten().replace("+avx512vnni", "-avx512vnni")
+    features = llvm.get_host_cpu_features().flatten()
+    for feature in removed:
+        features = features.replace(f"+{feature}", f"-{feature}")
+    return features
+
+
+@pytest.mark.skipif(numba_backend is None or NO_JIT or int_tile.VECTOR is None,
+                    reason="needs a host with the vector tile to take it away from")
+def test_without_the_vector_tile_matmul_is_the_float_one(tmp_path):
+    """The same host compiling for an x86 CPU without AVX-512 VNNI and AVX2 (NUMBA_CPU_FEATURES, as on a
+    pre-2013 machine): no integer design, and matmul agrees with numpy to float32 rounding."""
+    features = _features_without("avx512vnni", "avx2")
     done = run_python(FEATURE_PROBE, {"NUMBA_CPU_FEATURES": features, "NUMBA_CACHE_DIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[:2] == ["False", "[]"] and float(done.stdout.split()[-1]) <= 2e-6, done.stdout
+
+
+@pytest.mark.skipif(numba_backend is None or NO_JIT or int_tile.VECTOR is None or int_tile.VECTOR.name != "vpdpwssd",
+                    reason="needs an AVX-512 VNNI host to compile the AVX2 tile beside it")
+def test_avx2_tile_on_a_vnni_host(tmp_path):
+    """An AVX-512 VNNI host compiling for AVX2 alone takes the AVX2 tile, with the same answers to the
+    activations' int16 rounding (on an AVX2 host, test_int_matmul_against_numpy runs that tile directly)."""
+    features = _features_without(*(f for f in ("avx512f", "avx512vnni", "avx512bw", "avx512vl", "avx512dq", "avx512cd",
+                                                "avx512bf16", "avx512vbmi", "avx512vbmi2", "avx512bitalg",
+                                                "avx512vpopcntdq", "avx512ifma", "avx512fp16", "amx-tile",
+                                                "amx-int8", "amx-bf16", "avxvnni")))
+    done = run_python(FEATURE_PROBE, {"NUMBA_CPU_FEATURES": features, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "True" and float(done.stdout.split()[-1]) <= 1e-4, done.stdout
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
