@@ -60,7 +60,7 @@ DESIGNS = {
     "numba dot": numba_backend.matmul_dot,
     "numba outer": numba_backend.matmul_outer,
     # int16 activations times the blocks' integers (Q8_0, Q4_0), the weights packed once: the vector-IR tile
-    # where the target has AVX-512 VNNI, the plain-loop tile elsewhere
+    # where the target has AVX-512 VNNI or AVX2, the plain-loop tile elsewhere
     "numba int16": lambda x, w, qtype: numba_backend.matmul_int(x, _packed(w, qtype), qtype),
     # bfloat16 tile products (AMX; x and W rounded to bfloat16), what long texts' tokens take
     "numba tiles": lambda x, w, qtype: amx_matmul.matmuls(x, [_packed(w, qtype)], qtype)[0],
@@ -79,7 +79,7 @@ def stored_layer(qtype, rng):
 
 
 def takes(design, f, qtype, x, w):
-    """Whether the design runs this type on this machine (the integer one: Q8_0 and Q4_0, with AVX-512 VNNI)."""
+    """Whether the design runs this type on this machine (the integer one: Q8_0 and Q4_0)."""
     try:
         f(x, w, qtype)
         return True
