@@ -19,8 +19,10 @@ CONVERTER_VERSION = __version__
 
 
 def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe: Recipe, quantizer: str = "ggml",
-                 exact_rows: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """exact_rows: (ids, float32 rows) of the token table to keep exact, see converter.exact_rows."""
+                 exact_rows: tuple[np.ndarray, np.ndarray] | None = None,
+                 fine_rows: tuple[np.ndarray, int, bytes] | None = None) -> None:
+    """exact_rows: (ids, float32 rows) of the token table to keep exact; fine_rows: (ids, ggml type, the rows'
+    bytes in that type) of more rows stored finer than the table; see converter.exact_rows."""
     hp = ckpt.hparams
     w = writer
     w.add_type(gguf.GGUFType.MODEL)
@@ -58,3 +60,8 @@ def add_metadata(writer: gguf.GGUFWriter, ckpt: Checkpoint, vocab: Vocab, recipe
         ids, rows = exact_rows
         w.add_array(F.KEY_EXACT_TOKEN_IDS, [int(i) for i in ids])  # python ints -> int32 array
         w.add_array(F.KEY_EXACT_TOKEN_ROWS, np.asarray(rows, np.float32).ravel().tolist())  # floats -> float32 array
+    if fine_rows is not None and len(fine_rows[0]):
+        ids, qtype, data = fine_rows
+        w.add_array(F.KEY_FINE_TOKEN_IDS, [int(i) for i in ids])  # int32 array
+        w.add_uint32(F.KEY_FINE_TOKEN_TYPE, int(qtype))
+        w.add_array(F.KEY_FINE_TOKEN_ROWS, bytes(data))  # bytes -> uint8 array, written in one piece

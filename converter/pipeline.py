@@ -22,7 +22,8 @@ from . import calibrate
 from .calibration_texts import calibration_texts
 from .checkpoint import Checkpoint, TensorSource, open_checkpoint
 from .errors import ConversionError
-from .exact_rows import exact_token_ids, exact_token_rows
+from .exact_rows import (FINE_ROW_RECIPES, FINE_ROW_TYPE, exact_token_ids, exact_token_rows, fine_token_ids,
+                         fine_token_rows)
 from .metadata import add_metadata
 from .progress import bar
 from .quantizers import (BLOCK_TYPES, CALIBRATED, QUANTIZERS, GptqFactors, QuantizedTensor, TensorReport,
@@ -47,6 +48,14 @@ def _exact_rows(ckpt: Checkpoint, vocab: Vocab, table: TensorSource, report: Rep
     ids = exact_token_ids(ckpt, vocab, calibration_texts())
     report(f"token_embd.weight: {len(ids)} most used rows kept exact beside the 4-bit table")
     return ids, exact_token_rows(ckpt, table, ids)
+
+
+def _fine_rows(ckpt: Checkpoint, table: TensorSource, exact_ids: np.ndarray, report: Report) -> tuple[np.ndarray, int, bytes]:
+    ids = fine_token_ids(table.shape[0], exact_ids)
+    data = fine_token_rows(ckpt, table, ids)
+    report(f"token_embd.weight: {len(ids):,} more rows of the most used tokens in {FINE_ROW_TYPE.name} beside the 4-bit table "
+           f"({len(data) / 2**20:.1f} MiB)")
+    return ids, int(FINE_ROW_TYPE.ggml_type), data
 
 
 def convert(
@@ -85,6 +94,8 @@ def convert(
         quantizer = quantizer or default_quantizer({t.name: qt for t, qt, _ in plan})
         table, table_type, _ = next(p for p in plan if p[0].name == F.tensor_name(F.TOKEN_EMBD))
         exact_rows = _exact_rows(ckpt, vocab, table, report) if quantizer != "ggml" and table_type.name == "q4_0" else None
+        fine_rows = (_fine_rows(ckpt, table, exact_rows[0], report)
+                     if exact_rows is not None and recipe.name in FINE_ROW_RECIPES else None)
         steps.update()
     # calibrate
     blocks = any(qt.name in BLOCK_TYPES for _, qt, _ in plan)
@@ -105,7 +116,7 @@ def convert(
     with bar(f"writing {out.name} ({recipe.name}, {quantizer})", values, "weights", progress) as weights_done:
         factors = GptqFactors(stats)
         tensors = [QuantizedTensor(ckpt, t, qt, quantizer, stats, factors, weights_done.update) for t, qt, _ in plan]
-        write_gguf(out, lambda writer: add_metadata(writer, ckpt, vocab, recipe, quantizer, exact_rows), tensors, written)
+        write_gguf(out, lambda writer: add_metadata(writer, ckpt, vocab, recipe, quantizer, exact_rows, fine_rows), tensors, written)
     worst = max(reports, key=lambda r: r.rel_rms_error)
     report(f"wrote {out}: {out.stat().st_size / 2**20:.1f} MiB, {len(reports)} tensors, recipe {recipe.name}, quantizer {quantizer}, "
            f"largest error {worst.rel_rms_error:.2e} ({worst.name}), {time.perf_counter() - started:.1f} s")

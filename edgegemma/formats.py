@@ -75,3 +75,10 @@ KEY_CHECKSUM = KEY_PREFIX + "checksum"
 # their float32 values, row after row (float32 array, len(ids) x hidden). llama.cpp ignores both.
 KEY_EXACT_TOKEN_IDS = KEY_PREFIX + "token_embd.exact_ids"
 KEY_EXACT_TOKEN_ROWS = KEY_PREFIX + "token_embd.exact_rows"
+# More rows of a 4-bit token table, stored in a finer block type (converter.exact_rows): their ids (int32 array,
+# sorted), the type (uint32, a ggml type id: Q8_0 or F16) and their bytes, row after row in that type (uint8
+# array, len(ids) x the type's bytes per row). Disjoint from the float32 rows above. llama.cpp ignores all three.
+KEY_FINE_TOKEN_IDS = KEY_PREFIX + "token_embd.fine_ids"
+KEY_FINE_TOKEN_TYPE = KEY_PREFIX + "token_embd.fine_type"
+KEY_FINE_TOKEN_ROWS = KEY_PREFIX + "token_embd.fine_rows"
+FINE_ROW_TYPES = ("q8_0", "f16")  # the block types fine rows may take (their values are checked finite at load)

@@ -112,9 +112,19 @@ def describe(path: str | Path) -> dict:
         "prompts": prompts,
         "prompts_stored": file_prompts(meta) is not None,  # False: EmbeddingGemma's published prompts stand in
         "exact_token_rows": _count(meta, F.KEY_EXACT_TOKEN_IDS),
+        "fine_token_rows": _count(meta, F.KEY_FINE_TOKEN_IDS),  # rows of a 4-bit table also stored in a finer type
+        "fine_token_type": _type_name(meta[F.KEY_FINE_TOKEN_TYPE]) if isinstance(meta.get(F.KEY_FINE_TOKEN_TYPE), int) else None,
         "checksum": _text(meta, F.KEY_CHECKSUM),  # edgegemma's converter stores one; `--verify` checks it
         "checksum_verified": None,  # --verify: True (else the command fails); None: not checked, or no checksum  # rows of a 4-bit table also stored as float32
     }
+
+
+def _extra_rows(d: dict) -> str:
+    """The token table's rows stored beside it: '  + 280 rows exact (f32) + 15,000 rows q8_0'."""
+    parts = [f"{d['exact_token_rows']} rows exact (f32)"] if d["exact_token_rows"] else []
+    if d.get("fine_token_rows"):
+        parts.append(f"{d['fine_token_rows']:,} rows {d['fine_token_type'] or '?'}")
+    return "".join(f"  + {p}" for p in parts)
 
 
 def _text(meta: dict, key: str) -> str | None:
@@ -155,7 +165,7 @@ def format_text(d: dict) -> str:
         shape = "x".join(map(str, g["shape"]))
         count = f"x{g['tensors']}" if g["tensors"] > 1 else ""
         lines.append(f"  {g['name']:<{width}}  {g['type']:<5} {count:>4}  {shape:<12} {_mib(g['bytes']):>10}"
-                     + (f"  + {d['exact_token_rows']} rows exact (f32)" if g["name"] == "token_embd" and d["exact_token_rows"] else ""))
+                     + (_extra_rows(d) if g["name"] == "token_embd" else ""))
     lines.append(f"prompts       {len(d['prompts'])}" + (" (prompt_name: text)" if d["prompts"] else "")
                  + ("" if d["prompts_stored"] else ", EmbeddingGemma's: the file stores none"))
     width = max((len(n) for n in d["prompts"]), default=0)

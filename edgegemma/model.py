@@ -150,6 +150,12 @@ class EmbeddingGemma:
         else:
             rows, inverse = np.unique(row_indices(ids, e.shape[0]), return_inverse=True)
             x = kernels.dequantize_rows(read(rows), e.qtype, inverse.reshape(-1))
+        if len(w.fine_token_ids):  # more of the used rows, stored in a finer block type beside a 4-bit table
+            at = np.searchsorted(w.fine_token_ids, ids).clip(max=len(w.fine_token_ids) - 1)
+            hit = w.fine_token_ids[at] == ids
+            if hit.any():
+                rows, inverse = np.unique(at[hit], return_inverse=True)
+                x[hit] = kernels.dequantize_rows(w.read_fine_token_rows(rows), w.fine_token_type, inverse.reshape(-1))
         if len(w.exact_token_ids):  # the most used rows, stored exact beside a 4-bit table
             at = np.searchsorted(w.exact_token_ids, ids).clip(max=len(w.exact_token_ids) - 1)
             hit = w.exact_token_ids[at] == ids

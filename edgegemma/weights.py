@@ -17,7 +17,7 @@ import edgegemma.kernels as kernels
 
 from . import formats as F
 from .config import Config
-from .gguf_file import GGUFFile, ModelFileError
+from .gguf_file import GGUFFile, ModelFileError, TensorInfo
 
 
 @dataclass
@@ -64,6 +64,12 @@ class Weights:
     # (n,) and their float32 values (n, hidden), used in place of the blocks' rows.
     exact_token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     exact_token_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # More rows of a 4-bit table, stored in a finer block type (Q8_0): sorted ids (n,) disjoint from the exact
+    # ones, their type, and a reader of their bytes by position among them (sorted unique positions -> uint8
+    # rows, copies read from the file like read_token_rows), used in place of the blocks' rows.
+    fine_token_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    fine_token_type: int = 0
+    read_fine_token_rows: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def load_weights(file: GGUFFile, config: Config) -> Weights:
@@ -112,6 +118,7 @@ def load_weights(file: GGUFFile, config: Config) -> Weights:
         dense_3=matrix(F.DENSE_3, (c.hidden_size, c.dense_2_features)),
         read_token_rows=partial(file.read_rows, file.tensors[token_embd.name]),
         **_exact_token_rows(file, c),
+        **_fine_token_rows(file, c),
     )
     kernels.when_ready(partial(_repack, weights, file))
     return weights
@@ -155,6 +162,41 @@ def _exact_token_rows(file: GGUFFile, c: Config) -> dict[str, np.ndarray]:
     if not np.isfinite(rows).all():
         raise ModelFileError(f"{where}: the rows hold NaN or Inf")
     return {"exact_token_ids": ids, "exact_token_rows": rows.reshape(len(ids), c.hidden_size).copy()}
+
+
+def _fine_token_rows(file: GGUFFile, c: Config) -> dict:
+    """The finer rows' ids, type and reader from the metadata, checked (sizes, ids, finite values); none if absent.
+    The rows stay in the file: each text's are read as it needs them."""
+    keys = (F.KEY_FINE_TOKEN_IDS, F.KEY_FINE_TOKEN_TYPE, F.KEY_FINE_TOKEN_ROWS)
+    ids, qtype, rows = (file.metadata.get(k) for k in keys)
+    if ids is None and qtype is None and rows is None:
+        return {}
+    where = f"{file.path}: {' / '.join(keys)}"
+    if not (isinstance(ids, np.ndarray) and ids.dtype.kind in "iu" and isinstance(qtype, int) and not isinstance(qtype, bool)
+            and isinstance(rows, np.ndarray) and rows.dtype == np.uint8):
+        raise ModelFileError(f"{where}: expected an integer array, a type id and a uint8 array")
+    try:
+        qt = F.quant_type(qtype)
+    except ValueError:
+        qt = None
+    if qt is None or qt.name not in F.FINE_ROW_TYPES:
+        raise ModelFileError(f"{where}: type id {qtype} is not one of {', '.join(F.FINE_ROW_TYPES)}")
+    ids = ids.astype(np.int64)
+    exact = file.metadata.get(F.KEY_EXACT_TOKEN_IDS)
+    if len(ids) and (ids.min() < 0 or ids.max() >= c.vocab_size or np.any(np.diff(ids) <= 0)
+                     or (isinstance(exact, np.ndarray) and np.isin(ids, exact).any())):
+        raise ModelFileError(f"{where}: the ids are not sorted, unique token ids below {c.vocab_size} apart from "
+                             f"{F.KEY_EXACT_TOKEN_IDS}")
+    row_bytes = qt.row_bytes(c.hidden_size)
+    if rows.size != len(ids) * row_bytes:
+        raise ModelFileError(f"{where}: {rows.size:,} bytes for {len(ids):,} {qt.name} rows of {c.hidden_size} ({row_bytes} bytes each)")
+    rows = rows.reshape(len(ids), row_bytes)
+    # Q8_0: a float16 scale, then 32 int8, per block; F16: float16 values. Only the float16s can be NaN or Inf.
+    halves = rows.reshape(len(ids), -1, qt.type_size)[:, :, :2] if qt.name == "q8_0" else rows
+    if not np.isfinite(np.ascontiguousarray(halves).view(np.float16)).all():
+        raise ModelFileError(f"{where}: the rows hold NaN or Inf")
+    info = TensorInfo(F.KEY_FINE_TOKEN_ROWS, qt.ggml_type, (len(ids), c.hidden_size), rows)
+    return {"fine_token_ids": ids, "fine_token_type": int(qt.ggml_type), "read_fine_token_rows": partial(file.read_rows, info)}
 
 
 def _tensor(file: GGUFFile, kind: str, layer: int | None, shape: tuple[int, ...]):

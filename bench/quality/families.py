@@ -323,27 +323,29 @@ def reference_set_cosines(model) -> np.ndarray:
 def table(results: dict[str, dict], families: list[str]) -> str:
     """One row per family (then all texts, then the reference set); per file a tuning and a checking column."""
     names = list(results)
-    lines = ["| family | " + " | ".join(f"{n} {p}" for n in names for p in PARTS) + " |",
-             "|---|" + "---|" * (2 * len(names))]
+    parts = [p for p in PARTS if any((f, p) in r for r in results.values() for f in families)]
+    lines = ["| family | " + " | ".join(f"{n} {p}" for n in names for p in parts) + " |",
+             "|---|" + "---|" * (len(parts) * len(names))]
 
     def cell(c: np.ndarray | None) -> str:
         return f"{c.mean():.5f} / {c.min():.4f}" if c is not None and len(c) else ""
 
     for f in families:
-        lines.append(f"| {f} | " + " | ".join(cell(results[n].get((f, p))) for n in names for p in PARTS) + " |")
-    every = {(n, p): np.concatenate([results[n][(f, p)] for f in families]) for n in names for p in PARTS}
-    lines.append("| **all** | " + " | ".join(cell(every[(n, p)]) for n in names for p in PARTS) + " |")
+        lines.append(f"| {f} | " + " | ".join(cell(results[n].get((f, p))) for n in names for p in parts) + " |")
+    every = {(n, p): np.concatenate([results[n][(f, p)] for f in families]) for n in names for p in parts}
+    lines.append("| **all** | " + " | ".join(cell(every[(n, p)]) for n in names for p in parts) + " |")
     if any("reference" in r for r in results.values()):
-        lines.append("| reference set | " + " | ".join(cell(results[n].get("reference")) if p == "checking" else ""
-                                                       for n in names for p in PARTS) + " |")
+        lines.append("| reference set | " + " | ".join(cell(results[n].get("reference")) if p == parts[-1] else ""
+                                                       for n in names for p in parts) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.quality.families", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", required=True, help="folder with <recipe>.gguf files, or .gguf files")
+    p.add_argument("--models", default=".", help="folder with the <recipe>.gguf files (--recipes may also name .gguf files)")
     p.add_argument("--recipes", nargs="+", default=["q8_0", "e4_q8", "mixed", "q4_0"])
     p.add_argument("--checkpoint", default=os.environ.get("EDGEGEMMA_HF_MODEL", str(Path.home() / ".cache/edgegemma/embeddinggemma-300m")))
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="measure only these parts")
     p.add_argument("--no-reference-set", action="store_true", help="skip the 205 reference texts")
     p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "edgegemma-quality-cache"))
     p.add_argument("--json", help="also write every text's cosine here")
@@ -353,7 +355,7 @@ def main(argv=None) -> int:
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    texts = family_texts()
+    texts = {f: {n: ps[n] if n in args.parts else [] for n in PARTS} for f, ps in family_texts().items()}
     everything, where = flat(texts)
     counts = {f: {n: len(ps[n]) for n in PARTS} for f, ps in texts.items()}
     print("texts per family (tuning / checking): " + ", ".join(f"{f} {c['tuning']}/{c['checking']}" for f, c in counts.items()),
@@ -368,10 +370,11 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         model = edgegemma.load(path)
         got = file_embeddings(model, path, everything, cache)
-        results[path.stem] = by_family(cosines(got, expected), where)
+        name = f"{path.parent.name}/{path.stem}" if recipe.endswith(".gguf") else path.stem
+        results[name] = by_family(cosines(got, expected), where)
         if not args.no_reference_set:
-            results[path.stem]["reference"] = reference_set_cosines(model)
-        print(f"{path.stem}: {path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            results[name]["reference"] = reference_set_cosines(model)
+        print(f"{name}: {path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - started:.0f} s", file=sys.stderr)
     families = list(texts)
     print("cosine to sentence-transformers fp32, document mode, mean / min; the reference set (204 of its 205 "
           "texts: not the one spelling special tokens literally) in the checking columns\n")
