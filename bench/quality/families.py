@@ -346,6 +346,7 @@ def main(argv=None) -> int:
     p.add_argument("--recipes", nargs="+", default=["q8_0", "e4_q8", "mixed", "q4_0"])
     p.add_argument("--checkpoint", default=os.environ.get("EDGEGEMMA_HF_MODEL", str(Path.home() / ".cache/edgegemma/embeddinggemma-300m")))
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="measure only these parts")
+    p.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="measure only these families")
     p.add_argument("--no-reference-set", action="store_true", help="skip the 205 reference texts")
     p.add_argument("--cache", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "edgegemma-quality-cache"))
     p.add_argument("--json", help="also write every text's cosine here")
@@ -355,7 +356,8 @@ def main(argv=None) -> int:
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    texts = {f: {n: ps[n] if n in args.parts else [] for n in PARTS} for f, ps in family_texts().items()}
+    texts = {f: {n: ps[n] if n in args.parts else [] for n in PARTS} for f, ps in family_texts().items()
+             if f in args.families}
     everything, where = flat(texts)
     counts = {f: {n: len(ps[n]) for n in PARTS} for f, ps in texts.items()}
     print("texts per family (tuning / checking): " + ", ".join(f"{f} {c['tuning']}/{c['checking']}" for f, c in counts.items()),
