@@ -22,8 +22,8 @@ weighing alike) in Q8_0 (~0.4 % row error against Q4_0's ~9 %) under F.KEY_FINE_
 with its id, so 12.3 MiB buys 15,824 rows, which is what the 240 MiB budget leaves beside the 227 MiB file.
 The tokenizer's own piece order is no frequency: its first 16,000 ids cover 33 % of the tokens of those
 texts; the ranking's 16,000 (counted on the tuning part) cover 74-91 % of each family's tokens in the checking
-part (code 78 %, Indic 74 %, CJK 77 %), 80-99 % in the tuning part. Conversion: the Q8_0 scale search over
-their 380,000 blocks adds ~1 min of CPU.
+part (code 78 %, Indic 74 %, CJK 77 %), 80-99 % in the tuning part. Their Q8_0 scale search (380,000
+blocks) lengthens a conversion by an amount not yet measured apart from the machine's load.
 """
 from __future__ import annotations
 
