@@ -3,7 +3,8 @@ first, and the compiled ones take over once they are worth their cost.
 
     install()              at import: numpy's functions, behind wrappers that bind the compiled ones when due
     prepare(qtypes)        a model with these weight types will call the kernels: the compiled ones are loaded (with
-                           Numba itself) once the numpy ones have spent LOAD_COST seconds, the cost of loading them,
+                           Numba itself) once the numpy ones have spent LOAD_COST seconds of the calling threads'
+                           CPU time, the cost of loading them,
                            so a short job never pays it; those not in Numba's disk cache are then compiled by
                            `python -m edgegemma.kernels.compile` in a process of its own while numpy answers on.
                            now=True: load them at once; EDGEGEMMA_COMPILE=wait: compile them here and now
@@ -153,11 +154,13 @@ def _bind_switching() -> None:
             function = getattr(_package(), name)  # the compiled kernel once _switch bound it
             if function is not call:
                 return function(*args, **kwargs)
-            start = time.perf_counter()
+            # CPU time of the calling thread, not wall time: on a busy machine a 0.2 s query can take a second of
+            # wall time, and Numba would then load mid-query (loading it costs CPU time much as the kernels do).
+            start = time.thread_time()
             try:
                 return numpy_function(*args, **kwargs)
             finally:
-                _state["spent"] += time.perf_counter() - start
+                _state["spent"] += time.thread_time() - start
 
         call.__name__ = call.__qualname__ = name
         call.__doc__ = numpy_function.__doc__
