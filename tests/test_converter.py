@@ -515,7 +515,7 @@ def test_python_dash_m_converter(tiny_checkpoint, tmp_path):
 # --- the real checkpoint ----------------------------------------------------------------
 
 REAL_SIZE_MIB = {"f32": (1150, 1220), "f16": (580, 620), "bf16": (580, 620), "q8_0": (310, 335), "q4_0": (165, 185), "mixed": (185, 205),
-                 "e4_q8": (205, 235)}
+                 "e4_q8": (205, 240)}  # e4_q8: issue 27 bounds the default file at 240 MiB
 
 
 @pytest.mark.parametrize("recipe", RECIPE_NAMES)
