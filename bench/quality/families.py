@@ -26,11 +26,12 @@ import hashlib
 import json
 import os
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .tasks import module_source
 
 PER_PART = 30
 LONG_PER_PART = 10
@@ -145,21 +146,12 @@ def _script_candidates(family: str) -> dict[str, list[str]]:
     return {lang: texts for lang, texts in out.items() if texts}
 
 
-def _module_source(name: str) -> str | None:
-    base = os.path.join(sysconfig.get_paths()["stdlib"], *name.split("."))
-    for path in (base + ".py", os.path.join(base, "__init__.py")):
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return f.read()
-    return None
-
-
 def _code_candidates() -> dict[str, list[str]]:
     """Python: every function of CODE_MODULES of 200 characters or more, as written (docstring and comments
     included); JavaScript: Django's admin scripts in pieces of CODE_MAX_CHARS."""
     python = []
     for name in CODE_MODULES:
-        source = _module_source(name)
+        source = module_source(name)
         if source is None:
             continue
         lines = source.splitlines()

@@ -128,7 +128,7 @@ def lee_sts() -> Task:
     return Task("lee-sts", "spearman", {"docs": docs}, {"docs": "STS"}, {"scores": scores})
 
 
-def _module_source(name: str) -> str | None:
+def module_source(name: str) -> str | None:
     """A standard-library module's source, read from the stdlib folder without importing it (no side
     effects; frozen modules such as os have their .py there too), None where it has no .py file."""
     base = os.path.join(sysconfig.get_paths()["stdlib"], *name.split("."))
@@ -148,7 +148,7 @@ def code_retrieval() -> Task:
     per_module: list[list[tuple[str, str]]] = []
     seen: set[str] = set()
     for mod_name in CODE_MODULES:
-        source = _module_source(mod_name)
+        source = module_source(mod_name)
         if source is None:
             continue
         pairs = []
