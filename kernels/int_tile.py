@@ -187,23 +187,6 @@ def _vpmaddwd(builder, lanes):
     return dot
 
 
-def _pairwise(builder, lanes):
-    """acc + the pairs' products in plain IR: each int16 widened, multiplied, and adjacent products added. LLVM
-    recognizes the pattern: vpmaddwd on x86 (AVX2), vpdpwssd where it has AVX-VNNI."""
-    i16, i32 = ir.IntType(16), ir.IntType(32)
-    v16, vi = ir.VectorType(i16, 2 * lanes), ir.VectorType(i32, lanes)
-    even = ir.Constant(ir.VectorType(i32, lanes), list(range(0, 2 * lanes, 2)))
-    odd = ir.Constant(ir.VectorType(i32, lanes), list(range(1, 2 * lanes, 2)))
-
-    def dot(acc, w, x):
-        w, x = builder.bitcast(w, v16), builder.bitcast(x, v16)
-        products = [builder.mul(builder.sext(builder.shuffle_vector(w, w, half), vi),
-                                builder.sext(builder.shuffle_vector(x, x, half), vi)) for half in (even, odd)]
-        return builder.add(acc, builder.add(*products))
-
-    return dot
-
-
 class TileVector:
     """How the vector tile is laid out on a target: int32 lanes a vector, tokens a tile (what fits the registers),
     how a pair of int16 products joins the sums, how many steps of two values run as straight-line code (QB // 2:
